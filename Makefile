@@ -1,0 +1,33 @@
+# The two commands that matter: `make learn` (train XOR) and `make test` (the whole suite).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+CONFIG ?= configs/xor.yaml
+
+.PHONY: learn test lint bench bench-quick clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+learn: $(VENV)/.installed
+	$(PY) -m exmachina.supervisor --config $(CONFIG)
+
+test: $(VENV)/.installed
+	$(PY) -m ruff check exmachina supervisor tests
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check exmachina supervisor tests
+	$(PY) -m ruff format --check exmachina supervisor tests
+
+bench: $(VENV)/.installed
+	$(PY) -m exmachina.bench
+
+bench-quick: $(VENV)/.installed
+	$(PY) -m exmachina.bench --quick
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info .pytest_cache .ruff_cache

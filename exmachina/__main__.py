@@ -1,0 +1,3 @@
+from exmachina.cli import main
+
+main()

@@ -1,0 +1,282 @@
+"""YAML config -> validated, typed config.
+
+Every fault is one line naming the file and the key at fault (`ConfigError`), raised before anything
+is started or written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from exmachina.activations import ACTIVATIONS, LOSSES
+
+
+class ConfigError(ValueError):
+    """A bad config: the message is a single line, `file: key: what is wrong`."""
+
+
+ActivationName = Literal["identity", "logistic", "tanh", "relu"]
+Range = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    name: str
+    size: int
+    activation: ActivationName | None = None  # default: identity for the input layer, logistic after
+    bias_init: Range | None = None  # default: network.bias_init ([0, 0] for the input layer)
+    learn_bias: bool | None = None  # default: network.learn_biases (False for the input layer)
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    layers: list[LayerConfig]
+    weight_init: Range = (-1.0, 1.0)
+    bias_init: Range = (-1.0, 1.0)
+    learn_biases: bool = True
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    learning_rate: float
+    epochs: int
+    loss: Literal["squared_error", "softmax_cross_entropy"] = "squared_error"
+    target_loss: float | None = None  # stop early once an epoch's mean loss falls below this
+    shuffle: bool = True
+    stall_timeout: float = 30.0  # seconds without progress before a sample counts as lost
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: Literal["xor", "and", "or", "semeion"]
+    path: str | None = None  # for file sources, relative to the config file
+    limit: int | None = None  # use only the first N rows (quick runs)
+    holdout: float = 0.0  # share of rows held out for evaluation, split by the seed
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    transport: Literal["ipc", "tcp"] = "ipc"
+    host: str = "127.0.0.1"  # tcp only: the address neurons bind
+    log_level: Literal["off", "debug", "info", "warning"] = "info"
+    log_max_bytes: int = 1_000_000  # per neuron log file, before rotation
+    log_backups: int = 2
+    runs_dir: str = "runs"  # relative to the current directory
+    stats_interval: float = 1.0  # seconds between a neuron's periodic stats
+    max_restarts: int = 5  # restart intensity: at most this many restarts ...
+    restart_period: float = 10.0  # ... within this many seconds
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    seed: int
+    network: NetworkConfig
+    training: TrainingConfig
+    data: DataConfig
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    source: str = field(default="<memory>", metadata={"yaml": False})  # the file, for messages
+
+    @property
+    def layer_sizes(self) -> list[int]:
+        return [layer.size for layer in self.network.layers]
+
+    def activation(self, layer: int) -> str:
+        explicit = self.network.layers[layer].activation
+        return explicit or ("identity" if layer == 0 else "logistic")
+
+    def bias_init(self, layer: int) -> Range:
+        explicit = self.network.layers[layer].bias_init
+        if explicit is not None:
+            return explicit
+        return (0.0, 0.0) if layer == 0 else self.network.bias_init
+
+    def learns_bias(self, layer: int) -> bool:
+        explicit = self.network.layers[layer].learn_bias
+        if explicit is not None:
+            return explicit
+        return False if layer == 0 else self.network.learn_biases
+
+    def data_path(self) -> Path | None:
+        if self.data.path is None:
+            return None
+        path = Path(self.data.path).expanduser()
+        return path if path.is_absolute() else Path(self.source).parent / path
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config, as written into the run directory."""
+        resolved = dataclasses.asdict(self)
+        resolved.pop("source")
+        for i, layer in enumerate(resolved["network"]["layers"]):
+            layer["activation"] = self.activation(i)
+            layer["bias_init"] = list(self.bias_init(i))
+            layer["learn_bias"] = self.learns_bias(i)
+        return _plain(resolved)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; raises ConfigError with one line naming file and key."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "?"
+        raise ConfigError(f"{path}: {where}: not valid YAML") from None
+    return config_from_dict(raw, source=str(path))
+
+
+def config_from_dict(raw: Any, source: str = "<memory>") -> Config:
+    config = _build(Config, raw, "", source)
+    config = dataclasses.replace(config, source=source)
+    _check(config)
+    return config
+
+
+def _fail(source: str, key: str, message: str) -> typing.NoReturn:
+    raise ConfigError(f"{source}: {key or 'top level'}: {message}")
+
+
+def _build(cls: type, raw: Any, where: str, source: str) -> Any:
+    if not isinstance(raw, dict):
+        _fail(source, where, f"expected a mapping, got {_kind(raw)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("yaml", True)}
+    for key in raw:
+        if key not in fields:
+            _fail(source, _join(where, str(key)), f"unknown key (known: {', '.join(fields)})")
+    values = {}
+    for name, f in fields.items():
+        key = _join(where, name)
+        if name in raw:
+            values[name] = _coerce(raw[name], hints[name], key, source)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            _fail(source, key, "missing required key")
+    return cls(**values)
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key, source)
+    if origin is Literal:
+        if value not in args:
+            _fail(source, key, f"must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            _fail(source, key, f"expected a list, got {_kind(value)}")
+        return [_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            _fail(source, key, f"expected a list of {len(args)} numbers, got {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key, source)
+    if hint is bool:
+        if not isinstance(value, bool):
+            _fail(source, key, f"expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(source, key, f"expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            _fail(source, key, f"expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            _fail(source, key, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"config schema has an unsupported type {hint!r} at {key}")
+
+
+def _check(c: Config) -> None:
+    """Rules that span keys, each failing on the key a person would edit."""
+    s = c.source
+    if not _NAME.match(c.name):
+        _fail(s, "name", f"must match {_NAME.pattern} (it names the run directory), got {c.name!r}")
+    layers = c.network.layers
+    if len(layers) < 2:
+        _fail(s, "network.layers", "need at least an input and an output layer")
+    seen = set()
+    for i, layer in enumerate(layers):
+        key = f"network.layers[{i}]"
+        if layer.size < 1:
+            _fail(s, f"{key}.size", f"a layer needs at least one neuron, got {layer.size}")
+        if not _NAME.match(layer.name):
+            _fail(s, f"{key}.name", f"must match {_NAME.pattern}, got {layer.name!r}")
+        if layer.name in seen or layer.name == "coordinator":
+            _fail(s, f"{key}.name", f"layer name {layer.name!r} is already taken")
+        seen.add(layer.name)
+        for attr in ("bias_init",):
+            rng = getattr(layer, attr)
+            if rng is not None and rng[0] > rng[1]:
+                _fail(s, f"{key}.{attr}", f"low end above high end: {list(rng)}")
+    for key in ("weight_init", "bias_init"):
+        lo, hi = getattr(c.network, key)
+        if lo > hi:
+            _fail(s, f"network.{key}", f"low end above high end: [{lo}, {hi}]")
+    t = c.training
+    if not t.learning_rate > 0:
+        _fail(s, "training.learning_rate", f"must be positive, got {t.learning_rate}")
+    if t.epochs < 1:
+        _fail(s, "training.epochs", f"must be at least 1, got {t.epochs}")
+    if t.stall_timeout <= 0:
+        _fail(s, "training.stall_timeout", "must be positive")
+    if LOSSES[t.loss].needs_identity_outputs and c.activation(len(layers) - 1) != "identity":
+        _fail(
+            s,
+            f"network.layers[{len(layers) - 1}].activation",
+            f"loss {t.loss} takes raw logits: the output layer must use activation identity",
+        )
+    d = c.data
+    if d.source == "semeion" and d.path is None:
+        _fail(s, "data.path", "the semeion source needs the path of semeion.data")
+    if d.source != "semeion" and d.path is not None:
+        _fail(s, "data.path", f"the built-in source {d.source!r} takes no path")
+    if not 0.0 <= d.holdout < 1.0:
+        _fail(s, "data.holdout", f"must be in [0, 1), got {d.holdout}")
+    if d.limit is not None and d.limit < 1:
+        _fail(s, "data.limit", f"must be at least 1, got {d.limit}")
+    r = c.runtime
+    if r.max_restarts < 0 or r.restart_period <= 0:
+        _fail(s, "runtime.max_restarts", "restart intensity needs max_restarts >= 0 and restart_period > 0")
+    if r.stats_interval <= 0:
+        _fail(s, "runtime.stats_interval", "must be positive")
+    assert set(ACTIVATIONS) == set(typing.get_args(ActivationName))

@@ -1,0 +1,104 @@
+"""The run directory: everything one training run leaves behind.
+
+    runs/<name>-<time>/
+        config.yaml      the resolved config
+        metrics.jsonl    one line per epoch (and events such as restarts)
+        model.npz        every weight and bias, loadable by the reference (parameters.py)
+        summary.json     final figures, written when the run ends
+        neurons/<id>.log one log per process
+    runs/latest -> the newest run
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from exmachina.config import Config
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a process of the run lives: how it binds, whom it reports to, where it logs."""
+
+    transport: str
+    place: str  # the socket directory (ipc) or the host to bind (tcp)
+    coordinator: str  # the coordinator's inbox endpoint
+    run_dir: str
+    log_level: str
+    log_max_bytes: int
+    log_backups: int
+    stats_interval: float
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    config = property(lambda self: self.path / "config.yaml")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    model = property(lambda self: self.path / "model.npz")
+    summary = property(lambda self: self.path / "summary.json")
+    neurons = property(lambda self: self.path / "neurons")
+
+    def log(self, process_id: str) -> Path:
+        return self.neurons / f"{process_id}.log"
+
+    @classmethod
+    def create(cls, config: Config) -> RunDir:
+        """A fresh directory, complete before anyone sees it: built aside, then renamed into place."""
+        root = Path(config.runtime.runs_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        staging = root / f".{config.name}-{stamp}-{os.getpid()}.tmp"
+        staging.mkdir()
+        (staging / "neurons").mkdir()
+        (staging / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        for n in range(1000):
+            final = root / (f"{config.name}-{stamp}" + (f"-{n}" if n else ""))
+            try:
+                staging.rename(final)  # fails if `final` exists and is not empty
+                break
+            except OSError:
+                continue
+        else:
+            raise FileExistsError(f"{root}: no free run name for {config.name}-{stamp}")
+        link = root / "latest"
+        tmp_link = root / f".latest-{os.getpid()}"
+        tmp_link.unlink(missing_ok=True)
+        tmp_link.symlink_to(final.name)
+        os.replace(tmp_link, link)
+        return cls(final)
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.metrics, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics.exists():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        tmp = self.summary.with_name(".summary.json.tmp")
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, self.summary)
+
+    def read_summary(self) -> dict[str, Any] | None:
+        return json.loads(self.summary.read_text()) if self.summary.exists() else None
+
+
+def resolve(run: str | Path | None, runs_dir: str | Path = "runs") -> RunDir:
+    """A run named on the command line: a path, a name under runs/, or (None) the latest."""
+    if run is None:
+        return RunDir(Path(runs_dir) / "latest")
+    path = Path(run)
+    if path.exists():
+        return RunDir(path)
+    return RunDir(Path(runs_dir) / run)

@@ -1,0 +1,197 @@
+"""Entry point: `python -m exmachina.supervisor --config configs/xor.yaml`.
+
+Loads and checks the config and data (a fault is one line and exit 2, before anything exists), lays
+out the run directory and the socket directory, then hands one child spec per neuron and one for the
+coordinator to the generic `supervisor` package and waits for the coordinator to finish.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import psutil
+import typer
+
+from exmachina import datasets, parameters, topology, transport
+from exmachina.config import Config, ConfigError, load_config
+from exmachina.coordinator import coordinate
+from exmachina.datasets import DatasetError
+from exmachina.logs import close_log, open_log
+from exmachina.neuron import serve
+from exmachina.runs import RunDir, Site
+from exmachina.topology import COORDINATOR
+from supervisor import ChildSpec, Event, Supervisor
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STALLED = 0, 1, 2, 3
+SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def prepare(config_path: str | Path) -> tuple[Config, datasets.Dataset]:
+    """Everything that can be checked before a single file or process is made."""
+    config = load_config(config_path)
+    return config, datasets.load(config)
+
+
+def learn(config_path: str | Path, out=print) -> int:  # noqa: ANN001 - out is any print-like callable
+    """Train one config through the process network; returns the exit code."""
+    try:
+        config, data = prepare(config_path)
+        sockets = transport.socket_dir() if config.runtime.transport == "ipc" else None
+    except (ConfigError, DatasetError, transport.TransportError, OSError) as exc:
+        print(f"exmachina: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        return _learn(config, data, sockets, out)
+    finally:
+        if sockets is not None:
+            shutil.rmtree(sockets, ignore_errors=True)
+
+
+def _learn(config: Config, data: datasets.Dataset, sockets: Path | None, out) -> int:  # noqa: ANN001
+    try:
+        _set_title("exmachina: supervisor")
+        rt = config.runtime
+        if sockets is not None:
+            coordinator = transport.bind_address("ipc", str(sockets), COORDINATOR)
+            for spec_id in topology.layer_ids(config, 0):  # the longest names are checked up front
+                transport.bind_address("ipc", str(sockets), topology.socket_name(spec_id, "ctl"))
+        else:
+            coordinator = f"tcp://{rt.host}:{_free_port(rt.host)}"
+    except (transport.TransportError, OSError) as exc:
+        print(f"exmachina: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    train, holdout = datasets.split(data, config.data.holdout, config.seed)
+    run = RunDir.create(config)
+    site = Site(rt.transport, str(sockets) if sockets else rt.host, coordinator, str(run.path), rt.log_level,
+                rt.log_max_bytes, rt.log_backups, rt.stats_interval)
+    specs = topology.neurons(config, parameters.initial(config))
+    children = [
+        ChildSpec(id=s.id, target=serve, args=(s, site), restart="permanent", shutdown=5.0,
+                  title=f"exmachina: neuron {s.id}")
+        for s in specs
+    ]
+    children.append(
+        ChildSpec(id=COORDINATOR, target=coordinate, args=(config, site, train, holdout if config.data.holdout
+                  else None), restart="transient", significant=True, shutdown=60.0,
+                  title="exmachina: coordinator")
+    )
+    log = open_log("supervisor", run.log("supervisor"), rt.log_level, rt.log_max_bytes, rt.log_backups)
+    sup = Supervisor(
+        children,
+        strategy="one_for_one",
+        intensity=rt.max_restarts,
+        period=rt.restart_period,
+        auto_shutdown="any_significant",
+        preload=["exmachina.neuron", "exmachina.coordinator"],
+        on_event=lambda e: _log_event(log, e),
+    )
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+        sup.request_stop()
+
+    previous = {s: signal.signal(s, on_signal) for s in SIGNAL_EXIT}
+    memory = _PeakMemory()
+    try:
+        out(f"exmachina: {len(specs)} neurons + coordinator, run directory {run.path}")
+        sup.start()
+        memory.start()
+        outcome = sup.run()
+    finally:
+        sup.stop()
+        memory.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        close_log(log)
+    summary = run.read_summary() or {"status": "failed"}
+    summary.update(processes=len(children) + 1, peak_rss_mb=round(memory.peak / 2**20, 1),
+                   restarts=outcome.restarts, supervisor_outcome=outcome.reason)
+    run.write_summary(summary)
+    out(_describe(summary, run))
+    if received:
+        return SIGNAL_EXIT[received[0]]
+    if outcome.reason == "intensity_exceeded":
+        print(f"exmachina: too many restarts (more than {rt.max_restarts} in {rt.restart_period:g} s): "
+              f"run stopped, see {run.log('supervisor')}", file=sys.stderr)
+        return EXIT_FAILED
+    code = outcome.exitcodes.get(COORDINATOR)
+    if summary.get("status") == "stalled":
+        return EXIT_STALLED
+    return EXIT_OK if code == 0 and summary.get("status") == "completed" else EXIT_FAILED
+
+
+def _describe(s: dict, run: RunDir) -> str:
+    lines = [f"exmachina: {s.get('status')} after {s.get('epochs', 0)} epochs ({s.get('samples', 0)} samples) "
+             f"in {s.get('wall_time_s', 0):.1f} s, {s.get('samples_per_s', 0):.0f} samples/s"]
+    if "final_loss" in s:
+        lines.append(f"  final loss {s['final_loss']:.4f}, accuracy {s['accuracy']:.1%}")
+    if s.get("holdout_accuracy") is not None:
+        lines.append(f"  held-out accuracy {s['holdout_accuracy']:.1%} (best {s['best_holdout_accuracy']:.1%} "
+                     f"at epoch {s['best_epoch']})")
+    lines.append(f"  {s.get('processes')} processes, peak memory {s.get('peak_rss_mb')} MB (RSS, whole tree)")
+    lines.append(f"  run: {run.path}  (model.npz, metrics.jsonl, summary.json, neurons/*.log)")
+    return "\n".join(lines)
+
+
+def _log_event(log, event: Event) -> None:  # noqa: ANN001
+    level = 30 if event.kind in ("exited", "restarting", "intensity_exceeded") and event.exitcode else 20
+    log.log(level, "%s %s pid=%s exitcode=%s", event.kind, event.child or "", event.pid, event.exitcode)
+
+
+def _set_title(title: str) -> None:
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(title)
+    except ImportError:  # pragma: no cover - it is a dependency
+        pass
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class _PeakMemory:
+    """Peak resident memory of the whole process tree, sampled once a second."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _watch(self) -> None:
+        me = psutil.Process()
+        while not self._stop.wait(1.0):
+            total = me.memory_info().rss
+            for child in me.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+
+
+def main(config: Annotated[Path, typer.Option("--config", "-c", help="YAML config, e.g. configs/xor.yaml")]) -> None:
+    """Train a network in which every neuron is its own process."""
+    raise typer.Exit(learn(config))
+
+
+if __name__ == "__main__":
+    typer.run(main)

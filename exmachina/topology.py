@@ -1,0 +1,78 @@
+"""Layers -> neurons ("input.0", "hidden1.3", "output.9") and who is wired to whom.
+
+Layers are fully connected. Every neuron's dendrites have one synapse per neuron of the layer before
+it; every axon one synapse per neuron of the layer after it. The coordinator closes both ends: it is
+the single upstream peer of each input neuron (the sensor) and the single downstream peer of each
+output neuron.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from exmachina.config import Config
+from exmachina.parameters import Parameters
+
+COORDINATOR = "coordinator"
+
+
+@dataclass(frozen=True)
+class NeuronSpec:
+    """Everything a neuron process needs to know about itself at birth."""
+
+    id: str
+    layer: int
+    index: int
+    activation: str
+    synapses_in: int  # dendrites: one per upstream neuron, or the coordinator's sensor
+    axon: np.ndarray  # initial weights, one per outgoing synapse
+    bias: float
+    learn_bias: bool
+    plastic_axon: bool  # the output layer's one synapse to the coordinator is fixed at 1
+    learning_rate: float
+    upstream: tuple[str, ...]  # ids, in synapse order
+    downstream: tuple[str, ...]
+
+
+def neuron_id(layer_name: str, index: int) -> str:
+    return f"{layer_name}.{index}"
+
+
+def layer_ids(config: Config, layer: int) -> tuple[str, ...]:
+    spec = config.network.layers[layer]
+    return tuple(neuron_id(spec.name, i) for i in range(spec.size))
+
+
+def neurons(config: Config, parameters: Parameters) -> list[NeuronSpec]:
+    """Every neuron of the network, layer by layer, with its initial weights and bias."""
+    last = len(config.layer_sizes) - 1
+    specs = []
+    for layer in range(last + 1):
+        upstream = (COORDINATOR,) if layer == 0 else layer_ids(config, layer - 1)
+        downstream = (COORDINATOR,) if layer == last else layer_ids(config, layer + 1)
+        for index, nid in enumerate(layer_ids(config, layer)):
+            axon = np.ones(1) if layer == last else parameters.axons[layer][index].copy()
+            specs.append(
+                NeuronSpec(
+                    id=nid,
+                    layer=layer,
+                    index=index,
+                    activation=parameters.activations[layer],
+                    synapses_in=len(upstream),
+                    axon=axon,
+                    bias=float(parameters.biases[layer][index]),
+                    learn_bias=parameters.learn_bias[layer],
+                    plastic_axon=layer != last,
+                    learning_rate=config.training.learning_rate,
+                    upstream=upstream,
+                    downstream=downstream,
+                )
+            )
+    return specs
+
+
+def socket_name(nid: str, port: str) -> str:
+    """The socket file of one of a process's bound ports (`in`, `err`, `ctl`)."""
+    return f"{nid}.{port}"

@@ -1,0 +1,106 @@
+"""The wire protocol, defined once: every message exmachina sends, as msgpack arrays.
+
+The first element is always the kind. Synapse traffic, the hot path, is four small fields:
+
+    [FORWARD,  sample, sender, value]  activity of `sender`, already weighted by the sender's axon
+    [INFER,    sample, sender, value]  the same for a forward-only (evaluation) sample: nothing is kept
+    [BACKWARD, sample, sender, value]  the error (delta) of `sender`, back along the synapse
+
+`sender` is the sender's index in its layer, which is the receiver's synapse number; the
+coordinator is sender 0 to the input and output layers. Control traffic names neurons by id:
+
+    coordinator -> neuron:  [WIRE, version, downstream endpoints, upstream endpoints]
+                            [SNAPSHOT, request]        [DROP, sample]        [STOP]
+    neuron -> coordinator:  [HELLO, version, neuron, pid, {"forward", "backward", "control"}]
+                            [READY, neuron]            [STATE, neuron, request, bias, weights, updates]
+                            [STATS, neuron, {...}]
+
+A frame that does not decode to one of these shapes raises `WireError`: the receiver drops it,
+counts it and logs it, and carries on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+VERSION = 1
+
+FORWARD, INFER, BACKWARD = 1, 2, 3
+WIRE, SNAPSHOT, DROP, STOP = 10, 11, 12, 13
+HELLO, READY, STATE, STATS = 20, 21, 22, 23
+
+NAMES = {
+    FORWARD: "FORWARD",
+    INFER: "INFER",
+    BACKWARD: "BACKWARD",
+    WIRE: "WIRE",
+    SNAPSHOT: "SNAPSHOT",
+    DROP: "DROP",
+    STOP: "STOP",
+    HELLO: "HELLO",
+    READY: "READY",
+    STATE: "STATE",
+    STATS: "STATS",
+}
+
+# The exact Python type of each field after the kind (msgpack gives exact int/float/str/list/dict).
+_SHAPES: dict[int, tuple[type, ...]] = {
+    FORWARD: (int, int, float),
+    INFER: (int, int, float),
+    BACKWARD: (int, int, float),
+    WIRE: (int, list, list),
+    SNAPSHOT: (int,),
+    DROP: (int,),
+    STOP: (),
+    HELLO: (int, str, int, dict),
+    READY: (str,),
+    STATE: (str, int, float, list, int),
+    STATS: (str, dict),
+}
+
+SYNAPSE_KINDS = frozenset({FORWARD, INFER, BACKWARD})
+
+
+class WireError(ValueError):
+    """A frame that is not a well-formed exmachina message."""
+
+
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
+def encode(kind: int, *fields: Any) -> bytes:
+    return _pack([kind, *fields])
+
+
+def decode(frame: bytes) -> list:
+    """The message as a list [kind, fields...]; raises WireError for anything malformed."""
+    try:
+        message = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
+        raise WireError(f"not msgpack ({type(exc).__name__})") from None
+    if type(message) is not list or not message:
+        raise WireError(f"not a message array: {_short(message)}")
+    shape = _SHAPES.get(message[0]) if type(message[0]) is int else None
+    if shape is None:
+        raise WireError(f"unknown kind {_short(message[0])}")
+    if len(message) != len(shape) + 1:
+        raise WireError(f"{NAMES[message[0]]} needs {len(shape)} fields, got {len(message) - 1}")
+    for position, (value, expected) in enumerate(zip(message[1:], shape), start=1):
+        if type(value) is not expected:
+            raise WireError(f"{NAMES[message[0]]} field {position} should be {expected.__name__}: {_short(value)}")
+    return message
+
+
+def describe(message: list) -> str:
+    """A short human form for logs: `FORWARD sample=17 sender=3 value=0.25`."""
+    kind = message[0]
+    if kind in SYNAPSE_KINDS:
+        return f"{NAMES[kind]} sample={message[1]} sender={message[2]} value={message[3]:.6g}"
+    return f"{NAMES[kind]} {_short(message[1:])}"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
