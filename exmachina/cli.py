@@ -7,8 +7,11 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="Neural networks in which every neuron is its own OS process.", no_args_is_help=True,
-                  add_completion=False)
+app = typer.Typer(
+    help="Neural networks in which every neuron is its own OS process.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 
 @app.command()

@@ -56,8 +56,9 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: Literal["xor", "and", "or", "semeion"]
+    source: Literal["xor", "and", "or", "semeion", "csv"]
     path: str | None = None  # for file sources, relative to the config file
+    targets: int | None = None  # csv: how many trailing columns are targets
     limit: int | None = None  # use only the first N rows (quick runs)
     holdout: float = 0.0  # share of rows held out for evaluation, split by the seed
 
@@ -130,6 +131,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
+FILE_SOURCES = ("semeion", "csv")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -266,10 +268,14 @@ def _check(c: Config) -> None:
             f"loss {t.loss} takes raw logits: the output layer must use activation identity",
         )
     d = c.data
-    if d.source == "semeion" and d.path is None:
-        _fail(s, "data.path", "the semeion source needs the path of semeion.data")
-    if d.source != "semeion" and d.path is not None:
+    if d.source in FILE_SOURCES and d.path is None:
+        _fail(s, "data.path", f"the {d.source} source needs a file path")
+    if d.source not in FILE_SOURCES and d.path is not None:
         _fail(s, "data.path", f"the built-in source {d.source!r} takes no path")
+    if (d.source == "csv") != (d.targets is not None):
+        _fail(s, "data.targets", "give the number of target columns for a csv source, and only for it")
+    if d.targets is not None and d.targets < 1:
+        _fail(s, "data.targets", f"must be at least 1, got {d.targets}")
     if not 0.0 <= d.holdout < 1.0:
         _fail(s, "data.holdout", f"must be in [0, 1), got {d.holdout}")
     if d.limit is not None and d.limit < 1:

@@ -29,6 +29,7 @@ from exmachina.topology import COORDINATOR, layer_ids
 
 RECENT = 200  # the original's progress figure: share correct of the last 200 training predictions
 STARTUP_TIMEOUT_S = 60.0
+STOP_SNAPSHOT_TIMEOUT_S = 1.0  # a stopped run's last snapshot; the lifeline allows 2 s in all
 
 
 class Stalled(RuntimeError):
@@ -141,7 +142,9 @@ class Coordinator:
         for nid in self.all_ids:
             self._wire(nid)
         self.sensors = [transport.push(self.ctx, self.peers[n].endpoints["forward"]) for n in self.inputs]
-        self.error_links = [transport.push(self.ctx, self.peers[n].endpoints["backward"]) for n in self.outputs]
+        self.error_links = [
+            transport.push(self.ctx, self.peers[n].endpoints["backward"]) for n in self.outputs
+        ]
         ready: set[str] = set()
         while len(ready) < len(self.all_ids):
             message = self._receive(deadline)
@@ -155,7 +158,9 @@ class Coordinator:
         """Tell one neuron where its synapses lead: forward endpoints below it, error endpoints above."""
         layer, last = self.layer_of[nid], len(self.config.layer_sizes) - 1
         me = [self.site.coordinator]
-        downstream = me if layer == last else [self.peers[n].endpoints["forward"] for n in self.layers[layer + 1]]
+        downstream = (
+            me if layer == last else [self.peers[n].endpoints["forward"] for n in self.layers[layer + 1]]
+        )
         upstream = me if layer == 0 else [self.peers[n].endpoints["backward"] for n in self.layers[layer - 1]]
         self.peers[nid].control.send(wire.encode(wire.WIRE, wire.VERSION, downstream, upstream))
 
@@ -183,7 +188,7 @@ class Coordinator:
         losses = [self.loss.value(o, y) for o, y in zip(outputs, data.targets)]
         return float(np.mean(losses)), accuracy(outputs, data.targets), outputs
 
-    def snapshot(self) -> Parameters:
+    def snapshot(self, timeout: float | None = None) -> Parameters:
         """Every weight and bias, as the neurons themselves report them."""
         request = self.sample
         for peer in self.peers.values():
@@ -192,7 +197,7 @@ class Coordinator:
         axons = [np.zeros((sizes[i], sizes[i + 1])) for i in range(len(sizes) - 1)]
         biases = [np.zeros(s) for s in sizes]
         pending = set(self.peers)
-        deadline = time.monotonic() + self.config.training.stall_timeout
+        deadline = time.monotonic() + (timeout or self.config.training.stall_timeout)
         while pending:
             message = self._receive_unstoppable(deadline)
             if message[0] != wire.STATE or message[2] != request or message[1] not in pending:
@@ -207,8 +212,13 @@ class Coordinator:
                 axons[layer][index] = weights
         c = self.config
         layers = range(len(sizes))
-        return Parameters(axons, biases, [c.activation(i) for i in layers], [c.learns_bias(i) for i in layers],
-                          [layer.name for layer in c.network.layers])
+        return Parameters(
+            axons,
+            biases,
+            [c.activation(i) for i in layers],
+            [c.learns_bias(i) for i in layers],
+            [layer.name for layer in c.network.layers],
+        )
 
     def _receive_unstoppable(self, deadline: float) -> list:
         stop, self.stop_requested = self.stop_requested, False
@@ -268,10 +278,22 @@ class Coordinator:
             status = "stalled"
             self.log.error("sample %d stalled: %s", self.sample, exc)
         train_time = time.monotonic() - started
-        summary = {"status": status, "epochs": epochs_done, "samples": samples, "train_loss": epoch_loss,
-                   "train_time_s": train_time, "samples_per_s": samples / train_time if train_time else 0.0}
-        if status != "stalled":
+        summary = {
+            "status": status,
+            "epochs": epochs_done,
+            "samples": samples,
+            "train_loss": epoch_loss,
+            "train_time_s": train_time,
+            "samples_per_s": samples / train_time if train_time else 0.0,
+        }
+        if status == "stopped":
+            # Neurons may be going down too (the whole tree is stopping): a short, bounded try.
             self.stop_requested = False
+            try:
+                self.snapshot(timeout=STOP_SNAPSHOT_TIMEOUT_S).save(self.run.model)
+            except Stalled:
+                self.log.warning("neurons did not answer the final snapshot: model.npz not written")
+        elif status == "completed":
             self.snapshot().save(self.run.model)
             summary["final_loss"], summary["accuracy"], _ = self.evaluate(train)
             if holdout is not None:
@@ -284,8 +306,12 @@ def coordinate(config: Config, site: Site, train: Dataset, holdout: Dataset | No
     """Process entry point of the coordinator."""
     run = RunDir(site.run_dir)
     log = open_log(COORDINATOR, run.log(COORDINATOR), site.log_level, site.log_max_bytes, site.log_backups)
-    log.info("start pid=%d: %d training rows, %s held out", os.getpid(), len(train),
-             len(holdout) if holdout is not None else "none")
+    log.info(
+        "start pid=%d: %d training rows, %s held out",
+        os.getpid(),
+        len(train),
+        len(holdout) if holdout is not None else "none",
+    )
     coordinator = Coordinator(config, site, log)
     signal.signal(signal.SIGTERM, lambda *_: setattr(coordinator, "stop_requested", True))
     progress = Progress(config.training.epochs)
@@ -301,11 +327,16 @@ def coordinate(config: Config, site: Site, train: Dataset, holdout: Dataset | No
         summary = {"status": "stalled", "epochs": 0, "samples": 0}
     finally:
         progress.close()
-        summary.update(wall_time_s=time.monotonic() - started, run_dir=str(run.path),
-                       neurons=len(coordinator.all_ids), dropped_messages=coordinator.dropped)
+        summary.update(
+            wall_time_s=time.monotonic() - started,
+            run_dir=str(run.path),
+            neurons=len(coordinator.all_ids),
+            dropped_messages=coordinator.dropped,
+        )
         run.write_summary(summary)
         log.info("end: %s", summary)
-        coordinator.ctx.destroy(linger=transport.CONTROL_LINGER_MS)
+        coordinator.ctx.destroy(linger=0)  # nothing it still queues is owed to anyone
+        transport.release([site.coordinator])
         close_log(log)
     if summary["status"] == "stalled":
         raise SystemExit(3)

@@ -68,6 +68,34 @@ def load_semeion(path: str | Path) -> Dataset:
     return Dataset("semeion", table[:, :SEMEION_PIXELS], table[:, SEMEION_PIXELS:])
 
 
+def load_csv(path: str | Path, targets: int) -> Dataset:
+    """Rows of numbers separated by commas or spaces; the last `targets` columns are the targets."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read data file: {exc.strerror}") from None
+    rows: list[list[float]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.replace(",", " ").split()
+        if rows and len(fields) != len(rows[0]):
+            raise DatasetError(f"{path}:{number}: expected {len(rows[0])} values, found {len(fields)}")
+        if len(fields) <= targets:
+            raise DatasetError(
+                f"{path}:{number}: {len(fields)} values leave no inputs before {targets} targets"
+            )
+        bad = next((v for v in fields if not _is_number(v)), None)
+        if bad is not None:
+            raise DatasetError(f"{path}:{number}: {bad!r} is not a number")
+        rows.append([float(v) for v in fields])
+    if not rows:
+        raise DatasetError(f"{path}: no rows")
+    table = np.array(rows)
+    return Dataset(path.stem, table[:, :-targets], table[:, -targets:])
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -79,7 +107,12 @@ def _is_number(text: str) -> bool:
 def load(config: Config) -> Dataset:
     """The config's dataset, checked against the network's input and output widths."""
     d = config.data
-    data = load_semeion(config.data_path()) if d.source == "semeion" else builtin(d.source)
+    if d.source == "semeion":
+        data = load_semeion(config.data_path())
+    elif d.source == "csv":
+        data = load_csv(config.data_path(), d.targets)
+    else:
+        data = builtin(d.source)
     if d.limit is not None:
         data = data.subset(np.arange(min(d.limit, len(data))))
     sizes = config.layer_sizes

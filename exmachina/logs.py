@@ -11,7 +11,12 @@ import logging.handlers
 from datetime import datetime
 from pathlib import Path
 
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "off": logging.CRITICAL + 1}
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "off": logging.CRITICAL + 1,
+}
 
 
 class _Formatter(logging.Formatter):

@@ -23,6 +23,8 @@ from exmachina.logs import close_log, open_log
 from exmachina.runs import RunDir, Site
 from exmachina.topology import NeuronSpec, socket_name
 
+PORTS = ("in", "err", "ctl")  # the bound PULL sockets: activities in, errors in, control
+
 # Samples a neuron keeps half-gathered at once; beyond this the oldest is forgotten (and logged), so
 # a flood of stray sample ids can never grow a neuron's memory without bound.
 MAX_PENDING = 256
@@ -148,8 +150,13 @@ class Neuron:
         self.updates += 1
         self.error_sum += abs(float(delta))
         if self.log.isEnabledFor(logging.DEBUG):
-            self.log.debug("update sample=%d delta=%.6g bias=%.6g weights=%s", sample, delta, self.bias,
-                           _fmt(self.axon.weights))
+            self.log.debug(
+                "update sample=%d delta=%.6g bias=%.6g weights=%s",
+                sample,
+                delta,
+                self.bias,
+                _fmt(self.axon.weights),
+            )
 
     def forget(self, sample: int) -> None:
         """Drop every trace of a sample that will never complete (it is being replayed)."""
@@ -167,8 +174,14 @@ def serve(spec: NeuronSpec, site: Site) -> None:
     """Process entry point: bind, say hello, get wired, then handle messages until told to stop."""
     run = RunDir(site.run_dir)
     log = open_log(spec.id, run.log(spec.id), site.log_level, site.log_max_bytes, site.log_backups)
-    log.info("start pid=%d activation=%s bias=%+.4f learn_bias=%s axon=%s", os.getpid(), spec.activation,
-             spec.bias, spec.learn_bias, _fmt(spec.axon))
+    log.info(
+        "start pid=%d activation=%s bias=%+.4f learn_bias=%s axon=%s",
+        os.getpid(),
+        spec.activation,
+        spec.bias,
+        spec.learn_bias,
+        _fmt(spec.axon),
+    )
     wakeup_r, wakeup_w = os.pipe()
     os.set_blocking(wakeup_w, False)
     stop_signal: list[int] = []
@@ -179,6 +192,9 @@ def serve(spec: NeuronSpec, site: Site) -> None:
         _serve(spec, site, log, ctx, wakeup_r, stop_signal)
     finally:
         ctx.destroy(linger=0)
+        transport.release(
+            [transport.bind_address(site.transport, site.place, socket_name(spec.id, port)) for port in PORTS]
+        )
         os.close(wakeup_r)
         os.close(wakeup_w)
         log.info("exit")
@@ -186,9 +202,9 @@ def serve(spec: NeuronSpec, site: Site) -> None:
 
 
 def _serve(spec, site, log, ctx, wakeup_r, stop_signal) -> None:  # noqa: ANN001 - internal
-    forward_in, forward_ep = transport.pull(ctx, site.transport, site.place, socket_name(spec.id, "in"))
-    errors_in, errors_ep = transport.pull(ctx, site.transport, site.place, socket_name(spec.id, "err"))
-    control, control_ep = transport.pull(ctx, site.transport, site.place, socket_name(spec.id, "ctl"))
+    forward_in, forward_ep = transport.pull(ctx, site.transport, site.place, socket_name(spec.id, PORTS[0]))
+    errors_in, errors_ep = transport.pull(ctx, site.transport, site.place, socket_name(spec.id, PORTS[1]))
+    control, control_ep = transport.pull(ctx, site.transport, site.place, socket_name(spec.id, PORTS[2]))
     coordinator = transport.push(ctx, site.coordinator, transport.CONTROL_LINGER_MS)
     endpoints = {"forward": forward_ep, "backward": errors_ep, "control": control_ep}
     coordinator.send(wire.encode(wire.HELLO, wire.VERSION, spec.id, os.getpid(), endpoints))
@@ -196,7 +212,7 @@ def _serve(spec, site, log, ctx, wakeup_r, stop_signal) -> None:  # noqa: ANN001
 
     neuron = Neuron(spec, log)
     debug = log.isEnabledFor(logging.DEBUG)
-    received = sent = dropped = 0
+    received = dropped = 0
     last_updates, next_stats = 0, time.monotonic() + site.stats_interval
 
     def drop(frame: bytes, reason: object) -> None:
@@ -211,18 +227,33 @@ def _serve(spec, site, log, ctx, wakeup_r, stop_signal) -> None:  # noqa: ANN001
             if version != wire.VERSION:
                 raise Unexpected(f"protocol version {version}, this neuron speaks {wire.VERSION}")
             if len(downstream) != len(spec.downstream) or len(upstream) != len(spec.upstream):
-                raise Unexpected(f"wiring for {len(upstream)}->{len(downstream)} synapses, "
-                                 f"need {len(spec.upstream)}->{len(spec.downstream)}")
+                raise Unexpected(
+                    f"wiring for {len(upstream)}->{len(downstream)} synapses, "
+                    f"need {len(spec.upstream)}->{len(spec.downstream)}"
+                )
             for link in neuron.axon.links + neuron.dendrites.links:
                 link.close()
             neuron.axon.links = [transport.push(ctx, ep) for ep in downstream]
             neuron.dendrites.links = [transport.push(ctx, ep) for ep in upstream]
-            log.info("wired: %d input synapses from %s; %d output synapses to %s", len(upstream),
-                     _peers(spec.upstream), len(downstream), _peers(spec.downstream))
+            log.info(
+                "wired: %d input synapses from %s; %d output synapses to %s",
+                len(upstream),
+                _peers(spec.upstream),
+                len(downstream),
+                _peers(spec.downstream),
+            )
             coordinator.send(wire.encode(wire.READY, spec.id))
         elif kind == wire.SNAPSHOT:
-            coordinator.send(wire.encode(wire.STATE, spec.id, message[1], float(neuron.bias),
-                                         neuron.axon.weights.tolist(), neuron.updates))
+            coordinator.send(
+                wire.encode(
+                    wire.STATE,
+                    spec.id,
+                    message[1],
+                    float(neuron.bias),
+                    neuron.axon.weights.tolist(),
+                    neuron.updates,
+                )
+            )
         elif kind == wire.DROP:
             neuron.forget(message[1])
             log.info("dropped sample %d on request", message[1])
@@ -268,16 +299,29 @@ def _serve(spec, site, log, ctx, wakeup_r, stop_signal) -> None:  # noqa: ANN001
             next_stats = now + site.stats_interval
             if neuron.updates != last_updates:
                 n = neuron.updates - last_updates
-                log.info("stats updates=%d activity_mean=%.4f |error|_mean=%.4g bias=%+.4f axon=%s "
-                         "received=%d dropped=%d", neuron.updates, neuron.activity_sum / n,
-                         neuron.error_sum / n, float(neuron.bias), _fmt(neuron.axon.weights), received, dropped)
+                log.info(
+                    "stats updates=%d activity_mean=%.4f |error|_mean=%.4g bias=%+.4f axon=%s "
+                    "received=%d dropped=%d",
+                    neuron.updates,
+                    neuron.activity_sum / n,
+                    neuron.error_sum / n,
+                    float(neuron.bias),
+                    _fmt(neuron.axon.weights),
+                    received,
+                    dropped,
+                )
                 neuron.activity_sum = neuron.error_sum = 0.0
                 last_updates = neuron.updates
     if stop_signal:
         log.info("stop on signal %d", stop_signal[0])
-    log.info("final updates=%d bias=%+.4f axon=%s received=%d dropped=%d", neuron.updates, float(neuron.bias),
-             _fmt(neuron.axon.weights), received, dropped)
-    del sent
+    log.info(
+        "final updates=%d bias=%+.4f axon=%s received=%d dropped=%d",
+        neuron.updates,
+        float(neuron.bias),
+        _fmt(neuron.axon.weights),
+        received,
+        dropped,
+    )
 
 
 def _peers(ids: tuple[str, ...]) -> str:

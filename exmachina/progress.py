@@ -16,7 +16,8 @@ class Progress:
         self.live = None
         self.last_line = 0.0
         if self.stream.isatty():
-            from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+            from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as RichProgress
 
             self.live = RichProgress(
                 TextColumn("epoch {task.completed}/{task.total}"),
@@ -45,8 +46,10 @@ class Progress:
 
 
 def describe(record: dict[str, Any]) -> str:
-    text = (f"loss {record['loss']:.4f}  acc {record['accuracy']:.1%}  "
-            f"last-{200} {record['recent_accuracy']:.1%}  {record['samples_per_s']:.0f} samples/s")
+    text = (
+        f"loss {record['loss']:.4f}  acc {record['accuracy']:.1%}  "
+        f"last-{200} {record['recent_accuracy']:.1%}  {record['samples_per_s']:.0f} samples/s"
+    )
     if "holdout_accuracy" in record:
         text += f"  held-out {record['holdout_accuracy']:.1%}"
     return text

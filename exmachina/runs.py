@@ -1,12 +1,12 @@
 """The run directory: everything one training run leaves behind.
 
-    runs/<name>-<time>/
-        config.yaml      the resolved config
-        metrics.jsonl    one line per epoch (and events such as restarts)
-        model.npz        every weight and bias, loadable by the reference (parameters.py)
-        summary.json     final figures, written when the run ends
-        neurons/<id>.log one log per process
-    runs/latest -> the newest run
+runs/<name>-<time>/
+    config.yaml      the resolved config
+    metrics.jsonl    one line per epoch (and events such as restarts)
+    model.npz        every weight and bias, loadable by the reference (parameters.py)
+    summary.json     final figures, written when the run ends
+    neurons/<id>.log one log per process
+runs/latest -> the newest run
 """
 
 from __future__ import annotations

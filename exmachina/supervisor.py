@@ -7,6 +7,7 @@ coordinator to the generic `supervisor` package and waits for the coordinator to
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import socket
@@ -68,18 +69,38 @@ def _learn(config: Config, data: datasets.Dataset, sockets: Path | None, out) ->
         return EXIT_BAD_INPUT
     train, holdout = datasets.split(data, config.data.holdout, config.seed)
     run = RunDir.create(config)
-    site = Site(rt.transport, str(sockets) if sockets else rt.host, coordinator, str(run.path), rt.log_level,
-                rt.log_max_bytes, rt.log_backups, rt.stats_interval)
+    site = Site(
+        rt.transport,
+        str(sockets) if sockets else rt.host,
+        coordinator,
+        str(run.path),
+        rt.log_level,
+        rt.log_max_bytes,
+        rt.log_backups,
+        rt.stats_interval,
+    )
     specs = topology.neurons(config, parameters.initial(config))
     children = [
-        ChildSpec(id=s.id, target=serve, args=(s, site), restart="permanent", shutdown=5.0,
-                  title=f"exmachina: neuron {s.id}")
+        ChildSpec(
+            id=s.id,
+            target=serve,
+            args=(s, site),
+            restart="permanent",
+            shutdown=5.0,
+            title=f"exmachina: neuron {s.id}",
+        )
         for s in specs
     ]
     children.append(
-        ChildSpec(id=COORDINATOR, target=coordinate, args=(config, site, train, holdout if config.data.holdout
-                  else None), restart="transient", significant=True, shutdown=60.0,
-                  title="exmachina: coordinator")
+        ChildSpec(
+            id=COORDINATOR,
+            target=coordinate,
+            args=(config, site, train, holdout if config.data.holdout else None),
+            restart="transient",
+            significant=True,
+            shutdown=60.0,
+            title="exmachina: coordinator",
+        )
     )
     log = open_log("supervisor", run.log("supervisor"), rt.log_level, rt.log_max_bytes, rt.log_backups)
     sup = Supervisor(
@@ -111,15 +132,22 @@ def _learn(config: Config, data: datasets.Dataset, sockets: Path | None, out) ->
             signal.signal(s, handler)
         close_log(log)
     summary = run.read_summary() or {"status": "failed"}
-    summary.update(processes=len(children) + 1, peak_rss_mb=round(memory.peak / 2**20, 1),
-                   restarts=outcome.restarts, supervisor_outcome=outcome.reason)
+    summary.update(
+        processes=len(children) + 1,
+        peak_rss_mb=round(memory.peak / 2**20, 1),
+        restarts=outcome.restarts,
+        supervisor_outcome=outcome.reason,
+    )
     run.write_summary(summary)
     out(_describe(summary, run))
     if received:
         return SIGNAL_EXIT[received[0]]
     if outcome.reason == "intensity_exceeded":
-        print(f"exmachina: too many restarts (more than {rt.max_restarts} in {rt.restart_period:g} s): "
-              f"run stopped, see {run.log('supervisor')}", file=sys.stderr)
+        print(
+            f"exmachina: too many restarts (more than {rt.max_restarts} in {rt.restart_period:g} s): "
+            f"run stopped, see {run.log('supervisor')}",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     code = outcome.exitcodes.get(COORDINATOR)
     if summary.get("status") == "stalled":
@@ -128,13 +156,17 @@ def _learn(config: Config, data: datasets.Dataset, sockets: Path | None, out) ->
 
 
 def _describe(s: dict, run: RunDir) -> str:
-    lines = [f"exmachina: {s.get('status')} after {s.get('epochs', 0)} epochs ({s.get('samples', 0)} samples) "
-             f"in {s.get('wall_time_s', 0):.1f} s, {s.get('samples_per_s', 0):.0f} samples/s"]
+    lines = [
+        f"exmachina: {s.get('status')} after {s.get('epochs', 0)} epochs ({s.get('samples', 0)} samples) "
+        f"in {s.get('wall_time_s', 0):.1f} s, {s.get('samples_per_s', 0):.0f} samples/s"
+    ]
     if "final_loss" in s:
         lines.append(f"  final loss {s['final_loss']:.4f}, accuracy {s['accuracy']:.1%}")
     if s.get("holdout_accuracy") is not None:
-        lines.append(f"  held-out accuracy {s['holdout_accuracy']:.1%} (best {s['best_holdout_accuracy']:.1%} "
-                     f"at epoch {s['best_epoch']})")
+        lines.append(
+            f"  held-out accuracy {s['holdout_accuracy']:.1%} (best {s['best_holdout_accuracy']:.1%} "
+            f"at epoch {s['best_epoch']})"
+        )
     lines.append(f"  {s.get('processes')} processes, peak memory {s.get('peak_rss_mb')} MB (RSS, whole tree)")
     lines.append(f"  run: {run.path}  (model.npz, metrics.jsonl, summary.json, neurons/*.log)")
     return "\n".join(lines)
@@ -181,14 +213,14 @@ class _PeakMemory:
         while not self._stop.wait(1.0):
             total = me.memory_info().rss
             for child in me.children(recursive=True):
-                try:
+                with contextlib.suppress(psutil.Error):
                     total += child.memory_info().rss
-                except psutil.Error:
-                    pass
             self.peak = max(self.peak, total)
 
 
-def main(config: Annotated[Path, typer.Option("--config", "-c", help="YAML config, e.g. configs/xor.yaml")]) -> None:
+def main(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML config, e.g. configs/xor.yaml")],
+) -> None:
     """Train a network in which every neuron is its own process."""
     raise typer.Exit(learn(config))
 

@@ -7,6 +7,7 @@ slow neuron pushes back on its senders instead of losing messages.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import tempfile
@@ -88,6 +89,20 @@ def push(ctx: zmq.Context, endpoint: str, linger_ms: int = SYNAPSE_LINGER_MS) ->
     sock.setsockopt(zmq.LINGER, linger_ms)
     sock.connect(endpoint)
     return sock
+
+
+def release(endpoints: list[str]) -> None:
+    """Remove this process's ipc socket files (after its context is gone), and the run's socket
+    directory once it is empty: whoever exits last, supervised or orphaned, leaves nothing behind."""
+    directories = set()
+    for endpoint in endpoints:
+        if endpoint.startswith("ipc://"):
+            path = Path(endpoint[len("ipc://") :])
+            path.unlink(missing_ok=True)
+            directories.add(path.parent)
+    for directory in directories:
+        with contextlib.suppress(OSError):  # not empty yet: a peer is still running
+            directory.rmdir()
 
 
 def drain(sock: zmq.Socket, limit: int = 10_000) -> list[bytes]:

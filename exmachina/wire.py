@@ -89,7 +89,9 @@ def decode(frame: bytes) -> list:
         raise WireError(f"{NAMES[message[0]]} needs {len(shape)} fields, got {len(message) - 1}")
     for position, (value, expected) in enumerate(zip(message[1:], shape), start=1):
         if type(value) is not expected:
-            raise WireError(f"{NAMES[message[0]]} field {position} should be {expected.__name__}: {_short(value)}")
+            raise WireError(
+                f"{NAMES[message[0]]} field {position} should be {expected.__name__}: {_short(value)}"
+            )
     return message
 
 

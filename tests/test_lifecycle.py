@@ -1,0 +1,121 @@
+"""A live network under fire: garbage on its sockets, Ctrl-C, and its supervisor SIGKILLed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import msgpack
+import psutil
+import zmq
+
+from exmachina import wire
+from exmachina.parameters import Parameters
+from tests.conftest import exmachina_processes, start_learn, wait_for, write_config
+from tests.conftest import xor_config as make
+from tests.test_equivalence import assert_same_parameters, reference_after
+
+
+def long_xor(tmp_path, epochs: int = 600, **runtime):
+    return write_config(tmp_path, make(training={"learning_rate": 0.5, "epochs": epochs}, runtime=runtime))
+
+
+def run_dir(tmp_path):
+    return wait_for(lambda: next((tmp_path / "runs").glob("xor-*"), None))
+
+
+def training_underway(tmp_path):
+    return wait_for(lambda: (run_dir(tmp_path) / "metrics.jsonl").exists(), timeout=30)
+
+
+def test_garbage_on_a_live_neurons_sockets_is_dropped_and_changes_nothing(tmp_path, no_leftovers):
+    path = long_xor(tmp_path, epochs=400)
+    proc = start_learn(path)
+    try:
+        training_underway(tmp_path)
+        sockets = wait_for(lambda: next(no_leftovers.glob("exm-*/hidden1.1.in"), None)).parent
+        garbage = [
+            b"\x00not msgpack",
+            msgpack.packb({"kind": "activity"}),
+            msgpack.packb([99, 1, 2, 3.0]),
+            msgpack.packb([wire.FORWARD, "seventeen", 0, 1.0]),
+            msgpack.packb([wire.FORWARD, 10**9, 7, 0.5]),  # no synapse 7
+            msgpack.packb([wire.BACKWARD, 10**9, 0, 0.5]),  # wrong socket, unknown sample
+            msgpack.packb([wire.STOP]),  # a control message on the synapse socket
+        ]
+        ctx = zmq.Context()
+        try:
+            for name in ("hidden1.1.in", "hidden1.1.err", "hidden1.1.ctl"):
+                link = ctx.socket(zmq.PUSH)
+                link.setsockopt(zmq.LINGER, 1000)
+                link.connect(f"ipc://{sockets / name}")
+                # STOP is garbage on a synapse socket; on the control socket it would be obeyed
+                extra = [msgpack.packb([wire.WIRE, 999, [], []]), msgpack.packb([wire.FORWARD, 1, 0, 0.5])]
+                for frame in garbage[:-1] + (extra if name.endswith("ctl") else garbage[-1:]):
+                    link.send(frame)
+                link.close()
+        finally:
+            ctx.term()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    log = (run_dir(tmp_path) / "neurons" / "hidden1.1.log").read_text()
+    assert log.count("dropped message") >= 21, log[-2000:]
+    summary = json.loads((run_dir(tmp_path) / "summary.json").read_text())
+    assert summary["restarts"] == 0, "garbage must never kill a neuron"
+    # the garbage changed nothing: the trained weights still equal the reference's
+    reference, _ = reference_after(path)
+    assert_same_parameters(Parameters.load(run_dir(tmp_path) / "model.npz"), reference.p)
+
+
+def test_ctrl_c_mid_training_saves_the_model_and_stops_everything(tmp_path):
+    proc = start_learn(long_xor(tmp_path, epochs=5000))
+    try:
+        training_underway(tmp_path)
+        titles = set(exmachina_processes().values())
+        assert {
+            "exmachina: supervisor",
+            "exmachina: coordinator",
+            "exmachina: neuron hidden1.2",
+            "exmachina: neuron input.0",
+            "exmachina: neuron output.0",
+        } <= titles
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    run = run_dir(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "stopped"
+    assert Parameters.load(run / "model.npz").sizes == [2, 3, 1]
+    assert "stopped after" in out
+
+
+def test_sigterm_stops_cleanly_with_exit_143(tmp_path):
+    proc = start_learn(long_xor(tmp_path, epochs=5000))
+    try:
+        training_underway(tmp_path)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert (run_dir(tmp_path) / "model.npz").exists()
+
+
+def test_neurons_exit_when_the_supervisor_is_killed(tmp_path):
+    proc = start_learn(long_xor(tmp_path, epochs=5000))
+    try:
+        training_underway(tmp_path)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 7  # 6 neurons, the coordinator (and the forkserver)
+        proc.kill()  # SIGKILL: the supervisor gets no chance to clean up
+        proc.wait(timeout=10)
+        gone, alive = psutil.wait_procs(children, timeout=8)
+        assert not alive, f"orphans: {[p.pid for p in alive]}"
+    finally:
+        proc.kill()
+        proc.communicate()
