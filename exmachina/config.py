@@ -72,6 +72,7 @@ class RuntimeConfig:
     log_backups: int = 2
     runs_dir: str = "runs"  # relative to the current directory
     stats_interval: float = 1.0  # seconds between a neuron's periodic stats
+    snapshot_every: int = 100  # samples between live weight snapshots (viewer); 0: only at epoch ends
     max_restarts: int = 5  # restart intensity: at most this many restarts ...
     restart_period: float = 10.0  # ... within this many seconds
 

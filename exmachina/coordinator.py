@@ -24,9 +24,10 @@ from exmachina.datasets import Dataset, epoch_order
 from exmachina.logs import close_log, open_log
 from exmachina.parameters import Parameters
 from exmachina.progress import Progress
-from exmachina.runs import RunDir, Site
+from exmachina.runs import RunDir, Site, write_json
 from exmachina.topology import COORDINATOR, layer_ids
 
+SHOWN_PREDICTIONS = 20  # kept in predictions.json for the viewer
 RECENT = 200  # the original's progress figure: share correct of the last 200 training predictions
 STARTUP_TIMEOUT_S = 60.0
 STOP_SNAPSHOT_TIMEOUT_S = 1.0  # a stopped run's last snapshot; the lifeline allows 2 s in all
@@ -79,6 +80,9 @@ class Coordinator:
         self.stop_requested = False
         self.backlog: collections.deque[list] = collections.deque()
         self.dropped = 0
+        self.stats: dict[str, dict] = {}  # latest STATS of each neuron
+        self.stats_due = 0.0
+        self.recent_predictions: collections.deque[dict] = collections.deque(maxlen=SHOWN_PREDICTIONS)
 
     # -- messages -------------------------------------------------------------------------------
 
@@ -118,8 +122,17 @@ class Coordinator:
     def _aside(self, message: list) -> None:
         """A message that is not the one being waited for."""
         if message[0] == wire.STATS:
+            self.stats[message[1]] = message[2]
+            now = time.monotonic()
+            if now >= self.stats_due:
+                self.stats_due = now + self.site.stats_interval
+                self.write_stats()
             return
         self.log.warning("unexpected %s", wire.describe(message))
+
+    def write_stats(self) -> None:
+        me = {"pid": os.getpid(), "time": time.time(), "sample": self.sample, "dropped": self.dropped}
+        write_json(self.run.stats, {"coordinator": me, "neurons": self.stats})
 
     # -- start-up -------------------------------------------------------------------------------
 
@@ -220,6 +233,19 @@ class Coordinator:
             [layer.name for layer in c.network.layers],
         )
 
+    def publish(self, epoch: int, samples: int) -> None:
+        """Live state for the viewer: the neurons' own weights and the latest predictions."""
+        self.snapshot().save(self.run.snapshot)
+        write_json(
+            self.run.predictions,
+            {
+                "epoch": epoch,
+                "samples": samples,
+                "time": time.time(),
+                "recent": list(self.recent_predictions),
+            },
+        )
+
     def _receive_unstoppable(self, deadline: float) -> list:
         stop, self.stop_requested = self.stop_requested, False
         try:
@@ -246,8 +272,20 @@ class Coordinator:
                     loss, output = self.learn(train.inputs[row], train.targets[row])
                     losses.append(loss)
                     outputs.append(output)
-                    recent.append(bool(predictions(output)[0] == predictions(train.targets[row])[0]))
+                    predicted, wanted = predictions(output)[0], predictions(train.targets[row])[0]
+                    recent.append(bool(predicted == wanted))
+                    self.recent_predictions.append(
+                        {
+                            "row": int(row),
+                            "input": train.inputs[row].tolist(),
+                            "output": output.tolist(),
+                            "predicted": int(predicted),
+                            "target": int(wanted),
+                        }
+                    )
                     samples += 1
+                    if c.runtime.snapshot_every and samples % c.runtime.snapshot_every == 0:
+                        self.publish(epoch + 1, samples)
                 epochs_done = epoch + 1
                 epoch_loss = float(np.mean(losses))
                 elapsed = time.monotonic() - epoch_started
@@ -267,6 +305,7 @@ class Coordinator:
                         best = (record["holdout_accuracy"], epochs_done)
                         self.snapshot().save(self.run.path / "best.npz")
                 self.run.append_metrics(record)
+                self.publish(epochs_done, samples)
                 progress.epoch(record)
                 if t.target_loss is not None and epoch_loss < t.target_loss:
                     self.log.info("target loss %.4g reached after epoch %d", t.target_loss, epochs_done)

@@ -80,28 +80,39 @@ class Pending(dict):
 class Dendrites:
     """The input synapses: activities come in, errors go back out."""
 
-    def __init__(self, synapses: int, log: logging.Logger) -> None:
-        self.incoming = Pending(synapses, log, "activities")
+    def __init__(self, peers: tuple[str, ...], log: logging.Logger) -> None:
+        self.peers, self.log = peers, log
+        self.incoming = Pending(len(peers), log, "activities")
         self.links: list[zmq.Socket] = []  # one PUSH back to each upstream peer, in synapse order
 
-    def send_back(self, sample: int, delta: float, me: int) -> None:
+    def send_back(self, sample: int, delta: float, me: int) -> int:
         frame = wire.encode(wire.BACKWARD, sample, me, delta)
         for link in self.links:
             link.send(frame)
+        if self.log.isEnabledFor(logging.DEBUG):
+            for peer in self.peers:
+                self.log.debug("send BACKWARD sample=%d to=%s value=%.6g", sample, peer, delta)
+        return len(self.links)
 
 
 class Axon:
     """The outgoing synapses, each with its own weight."""
 
-    def __init__(self, weights: np.ndarray, plastic: bool, log: logging.Logger) -> None:
-        self.weights = weights
-        self.plastic = plastic
+    def __init__(
+        self, weights: np.ndarray, plastic: bool, peers: tuple[str, ...], log: logging.Logger
+    ) -> None:
+        self.weights, self.plastic, self.peers, self.log = weights, plastic, peers, log
         self.errors = Pending(len(weights), log, "errors")
         self.links: list[zmq.Socket] = []  # one PUSH to each downstream peer, in synapse order
 
-    def transmit(self, kind: int, sample: int, activity: float, me: int) -> None:
-        for link, weighted in zip(self.links, (activity * self.weights).tolist()):
-            link.send(wire.encode(kind, sample, me, weighted))
+    def transmit(self, kind: int, sample: int, activity: float, me: int) -> int:
+        weighted = (activity * self.weights).tolist()
+        for link, value in zip(self.links, weighted):
+            link.send(wire.encode(kind, sample, me, value))
+        if self.log.isEnabledFor(logging.DEBUG):
+            for peer, value in zip(self.peers, weighted):
+                self.log.debug("send %s sample=%d to=%s value=%.6g", wire.NAMES[kind], sample, peer, value)
+        return len(self.links)
 
     def learn(self, gradient: np.ndarray, learning_rate: float) -> None:
         if self.plastic:
@@ -116,10 +127,11 @@ class Neuron:
         self.log = log
         self.activation = ACTIVATIONS[spec.activation]
         self.bias = np.array(spec.bias)  # 0-d array: updated in place like the axon
-        self.dendrites = Dendrites(spec.synapses_in, log)
-        self.axon = Axon(spec.axon.astype(float), spec.plastic_axon, log)
+        self.dendrites = Dendrites(spec.upstream, log)
+        self.axon = Axon(spec.axon.astype(float), spec.plastic_axon, spec.downstream, log)
+        self.sent = 0
         self.fired: dict[int, tuple[float, float]] = {}  # sample -> (net, activity), until its error
-        self.updates = 0
+        self.updates = self.reported_updates = 0
         self.activity_sum = self.error_sum = 0.0
 
     def on_activity(self, kind: int, sample: int, synapse: int, value: float) -> None:
@@ -132,7 +144,7 @@ class Neuron:
         if kind == wire.FORWARD:
             self.fired[sample] = (net, activity)
             self.activity_sum += float(activity)
-        self.axon.transmit(kind, sample, activity, self.spec.index)  # 3-4. weight per synapse, send on
+        self.sent += self.axon.transmit(kind, sample, activity, self.spec.index)  # 3-4. weight, send on
 
     def on_error(self, sample: int, synapse: int, value: float) -> None:
         if sample not in self.fired:
@@ -142,7 +154,7 @@ class Neuron:
             return
         net, activity = self.fired.pop(sample)
         delta = error(net, self.activation, self.axon.weights, errors)  # 6. own error, old weights
-        self.dendrites.send_back(sample, float(delta), self.spec.index)  # 7. back along the inputs
+        self.sent += self.dendrites.send_back(sample, float(delta), self.spec.index)  # 7. back to inputs
         gradient = axon_gradient(activity, errors)  # 8. gradient of each outgoing weight
         self.axon.learn(gradient, self.spec.learning_rate)  # 9. update the weights
         if self.spec.learn_bias:
@@ -172,8 +184,9 @@ def _fmt(values: np.ndarray, limit: int = 8) -> str:
 
 def serve(spec: NeuronSpec, site: Site) -> None:
     """Process entry point: bind, say hello, get wired, then handle messages until told to stop."""
-    run = RunDir(site.run_dir)
-    log = open_log(spec.id, run.log(spec.id), site.log_level, site.log_max_bytes, site.log_backups)
+    log = open_log(
+        spec.id, RunDir(site.run_dir).log(spec.id), site.log_level, site.log_max_bytes, site.log_backups
+    )
     log.info(
         "start pid=%d activation=%s bias=%+.4f learn_bias=%s axon=%s",
         os.getpid(),
@@ -182,46 +195,98 @@ def serve(spec: NeuronSpec, site: Site) -> None:
         spec.learn_bias,
         _fmt(spec.axon),
     )
-    wakeup_r, wakeup_w = os.pipe()
-    os.set_blocking(wakeup_w, False)
-    stop_signal: list[int] = []
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop_signal.append(signum))
-    signal.set_wakeup_fd(wakeup_w)
-    ctx = transport.context(sockets=len(spec.upstream) + len(spec.downstream) + 4)
+    process = NeuronProcess(spec, site, log)
     try:
-        _serve(spec, site, log, ctx, wakeup_r, stop_signal)
+        process.run()
     finally:
-        ctx.destroy(linger=0)
-        transport.release(
-            [transport.bind_address(site.transport, site.place, socket_name(spec.id, port)) for port in PORTS]
-        )
-        os.close(wakeup_r)
-        os.close(wakeup_w)
+        process.close()
         log.info("exit")
         close_log(log)
 
 
-def _serve(spec, site, log, ctx, wakeup_r, stop_signal) -> None:  # noqa: ANN001 - internal
-    forward_in, forward_ep = transport.pull(ctx, site.transport, site.place, socket_name(spec.id, PORTS[0]))
-    errors_in, errors_ep = transport.pull(ctx, site.transport, site.place, socket_name(spec.id, PORTS[1]))
-    control, control_ep = transport.pull(ctx, site.transport, site.place, socket_name(spec.id, PORTS[2]))
-    coordinator = transport.push(ctx, site.coordinator, transport.CONTROL_LINGER_MS)
-    endpoints = {"forward": forward_ep, "backward": errors_ep, "control": control_ep}
-    coordinator.send(wire.encode(wire.HELLO, wire.VERSION, spec.id, os.getpid(), endpoints))
-    log.info("bound forward=%s backward=%s control=%s; hello sent", forward_ep, errors_ep, control_ep)
+class NeuronProcess:
+    """The process around a Neuron: its sockets, its wiring, its event loop, its signals and stats."""
 
-    neuron = Neuron(spec, log)
-    debug = log.isEnabledFor(logging.DEBUG)
-    received = dropped = 0
-    last_updates, next_stats = 0, time.monotonic() + site.stats_interval
+    def __init__(self, spec: NeuronSpec, site: Site, log: logging.Logger) -> None:
+        self.spec, self.site, self.log = spec, site, log
+        self.neuron = Neuron(spec, log)
+        self.received = self.dropped = 0
+        self.last_problem = ""
+        self.stop_signal: list[int] = []
+        self.wakeup_r, self.wakeup_w = os.pipe()
+        os.set_blocking(self.wakeup_w, False)
+        signal.signal(signal.SIGTERM, lambda signum, frame: self.stop_signal.append(signum))
+        signal.set_wakeup_fd(self.wakeup_w)  # a signal wakes the poll below: no polling for flags
+        self.ctx = transport.context(sockets=len(spec.upstream) + len(spec.downstream) + 4)
+        place, kind = site.place, site.transport
+        self.forward_in, forward = transport.pull(self.ctx, kind, place, socket_name(spec.id, PORTS[0]))
+        self.errors_in, backward = transport.pull(self.ctx, kind, place, socket_name(spec.id, PORTS[1]))
+        self.control, control = transport.pull(self.ctx, kind, place, socket_name(spec.id, PORTS[2]))
+        self.endpoints = {"forward": forward, "backward": backward, "control": control}
+        self.coordinator = transport.push(self.ctx, site.coordinator, transport.CONTROL_LINGER_MS)
 
-    def drop(frame: bytes, reason: object) -> None:
-        nonlocal dropped
-        dropped += 1
-        log.warning("dropped message (%s): %r", reason, frame[:64])
+    def run(self) -> None:
+        self.coordinator.send(
+            wire.encode(wire.HELLO, wire.VERSION, self.spec.id, os.getpid(), self.endpoints)
+        )
+        self.log.info("bound %s; hello sent", " ".join(f"{k}={v}" for k, v in self.endpoints.items()))
+        poller = zmq.Poller()
+        for sock in (self.control, self.errors_in, self.forward_in):
+            poller.register(sock, zmq.POLLIN)
+        poller.register(self.wakeup_r, zmq.POLLIN)
+        interval = self.site.stats_interval
+        next_stats = time.monotonic() + interval
+        running = True
+        while running and not self.stop_signal:
+            ready = dict(poller.poll(interval * 1000))
+            if self.wakeup_r in ready:
+                os.read(self.wakeup_r, 64)
+            for sock in (self.control, self.errors_in, self.forward_in):
+                if sock in ready:
+                    running = self._handle(sock, transport.drain(sock)) and running
+            if time.monotonic() >= next_stats:
+                next_stats = time.monotonic() + interval
+                self._report()
+        if self.stop_signal:
+            self.log.info("stop on signal %d", self.stop_signal[0])
+        n = self.neuron
+        self.log.info(
+            "final updates=%d bias=%+.4f axon=%s received=%d sent=%d dropped=%d",
+            n.updates,
+            float(n.bias),
+            _fmt(n.axon.weights),
+            self.received,
+            n.sent,
+            self.dropped,
+        )
 
-    def handle_control(message: list) -> bool:
-        kind = message[0]
+    def _handle(self, sock: zmq.Socket, frames: list[bytes]) -> bool:
+        """Every frame one wakeup brought; False once a STOP arrived."""
+        running = True
+        debug = self.log.isEnabledFor(logging.DEBUG)
+        for frame in frames:
+            self.received += 1
+            try:
+                message = wire.decode(frame)
+                kind = message[0]
+                if debug:
+                    self.log.debug("recv %s", wire.describe(message))
+                if sock is self.control:
+                    running = self._control(message) and running
+                elif sock is self.forward_in and kind in (wire.FORWARD, wire.INFER):
+                    self.neuron.on_activity(kind, message[1], message[2], message[3])
+                elif sock is self.errors_in and kind == wire.BACKWARD:
+                    self.neuron.on_error(message[1], message[2], message[3])
+                else:
+                    raise Unexpected(f"{wire.NAMES[kind]} on the wrong socket")
+            except (wire.WireError, Unexpected) as exc:
+                self.dropped += 1
+                self.last_problem = str(exc)
+                self.log.warning("dropped message (%s): %r", exc, frame[:64])
+        return running
+
+    def _control(self, message: list) -> bool:
+        kind, spec, n = message[0], self.spec, self.neuron
         if kind == wire.WIRE:
             _, version, downstream, upstream = message
             if version != wire.VERSION:
@@ -231,97 +296,71 @@ def _serve(spec, site, log, ctx, wakeup_r, stop_signal) -> None:  # noqa: ANN001
                     f"wiring for {len(upstream)}->{len(downstream)} synapses, "
                     f"need {len(spec.upstream)}->{len(spec.downstream)}"
                 )
-            for link in neuron.axon.links + neuron.dendrites.links:
+            for link in n.axon.links + n.dendrites.links:
                 link.close()
-            neuron.axon.links = [transport.push(ctx, ep) for ep in downstream]
-            neuron.dendrites.links = [transport.push(ctx, ep) for ep in upstream]
-            log.info(
+            n.axon.links = [transport.push(self.ctx, ep) for ep in downstream]
+            n.dendrites.links = [transport.push(self.ctx, ep) for ep in upstream]
+            self.log.info(
                 "wired: %d input synapses from %s; %d output synapses to %s",
                 len(upstream),
                 _peers(spec.upstream),
                 len(downstream),
                 _peers(spec.downstream),
             )
-            coordinator.send(wire.encode(wire.READY, spec.id))
+            self.coordinator.send(wire.encode(wire.READY, spec.id))
         elif kind == wire.SNAPSHOT:
-            coordinator.send(
-                wire.encode(
-                    wire.STATE,
-                    spec.id,
-                    message[1],
-                    float(neuron.bias),
-                    neuron.axon.weights.tolist(),
-                    neuron.updates,
-                )
-            )
+            state = [float(n.bias), n.axon.weights.tolist(), n.updates]
+            self.coordinator.send(wire.encode(wire.STATE, spec.id, message[1], *state))
         elif kind == wire.DROP:
-            neuron.forget(message[1])
-            log.info("dropped sample %d on request", message[1])
+            n.forget(message[1])
+            self.log.info("dropped sample %d on request", message[1])
         elif kind == wire.STOP:
-            log.info("stop requested")
+            self.log.info("stop requested")
             return False
         else:
             raise Unexpected(f"{wire.NAMES[kind]} is not a control message")
         return True
 
-    poller = zmq.Poller()
-    for sock in (control, errors_in, forward_in):
-        poller.register(sock, zmq.POLLIN)
-    poller.register(wakeup_r, zmq.POLLIN)
-    timeout_ms = int(site.stats_interval * 1000)
-    running = True
-    while running and not stop_signal:
-        ready = dict(poller.poll(timeout_ms))
-        if wakeup_r in ready:
-            os.read(wakeup_r, 64)
-        for sock in (control, errors_in, forward_in):
-            if sock not in ready:
-                continue
-            for frame in transport.drain(sock):
-                received += 1
-                try:
-                    message = wire.decode(frame)
-                    kind = message[0]
-                    if debug:
-                        log.debug("recv %s", wire.describe(message))
-                    if sock is control:
-                        running = handle_control(message) and running
-                    elif sock is forward_in and kind in (wire.FORWARD, wire.INFER):
-                        neuron.on_activity(kind, message[1], message[2], message[3])
-                    elif sock is errors_in and kind == wire.BACKWARD:
-                        neuron.on_error(message[1], message[2], message[3])
-                    else:
-                        raise Unexpected(f"{wire.NAMES[kind]} on the wrong socket")
-                except (wire.WireError, Unexpected) as exc:
-                    drop(frame, exc)
-        now = time.monotonic()
-        if now >= next_stats:
-            next_stats = now + site.stats_interval
-            if neuron.updates != last_updates:
-                n = neuron.updates - last_updates
-                log.info(
-                    "stats updates=%d activity_mean=%.4f |error|_mean=%.4g bias=%+.4f axon=%s "
-                    "received=%d dropped=%d",
-                    neuron.updates,
-                    neuron.activity_sum / n,
-                    neuron.error_sum / n,
-                    float(neuron.bias),
-                    _fmt(neuron.axon.weights),
-                    received,
-                    dropped,
-                )
-                neuron.activity_sum = neuron.error_sum = 0.0
-                last_updates = neuron.updates
-    if stop_signal:
-        log.info("stop on signal %d", stop_signal[0])
-    log.info(
-        "final updates=%d bias=%+.4f axon=%s received=%d dropped=%d",
-        neuron.updates,
-        float(neuron.bias),
-        _fmt(neuron.axon.weights),
-        received,
-        dropped,
-    )
+    def _report(self) -> None:
+        """Periodic stats: a line in the log when something happened, and a STATS message always."""
+        n = self.neuron
+        done = n.updates - n.reported_updates
+        stats = {
+            "pid": os.getpid(),
+            "time": time.time(),
+            "updates": n.updates,
+            "received": self.received,
+            "sent": n.sent,
+            "dropped": self.dropped,
+            "pending": len(n.dendrites.incoming) + len(n.axon.errors),
+            "activity_mean": n.activity_sum / done if done else None,
+            "error_mean": n.error_sum / done if done else None,
+            "bias": float(n.bias),
+            "weights": n.axon.weights.tolist()[:16],
+            "last_problem": self.last_problem,
+        }
+        self.coordinator.send(wire.encode(wire.STATS, self.spec.id, stats))
+        if done:
+            self.log.info(
+                "stats updates=%d activity_mean=%.4f |error|_mean=%.4g bias=%+.4f axon=%s "
+                "received=%d dropped=%d",
+                n.updates,
+                stats["activity_mean"],
+                stats["error_mean"],
+                stats["bias"],
+                _fmt(n.axon.weights),
+                self.received,
+                self.dropped,
+            )
+            n.activity_sum = n.error_sum = 0.0
+            n.reported_updates = n.updates
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=0)
+        transport.release(list(self.endpoints.values()))
+        signal.set_wakeup_fd(-1)
+        os.close(self.wakeup_r)
+        os.close(self.wakeup_w)
 
 
 def _peers(ids: tuple[str, ...]) -> str:

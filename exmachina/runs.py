@@ -46,6 +46,9 @@ class RunDir:
     model = property(lambda self: self.path / "model.npz")
     summary = property(lambda self: self.path / "summary.json")
     neurons = property(lambda self: self.path / "neurons")
+    snapshot = property(lambda self: self.path / "snapshot.npz")
+    predictions = property(lambda self: self.path / "predictions.json")
+    stats = property(lambda self: self.path / "stats.json")
 
     def log(self, process_id: str) -> Path:
         return self.neurons / f"{process_id}.log"
@@ -86,12 +89,17 @@ class RunDir:
         return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        tmp = self.summary.with_name(".summary.json.tmp")
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, self.summary)
+        write_json(self.summary, summary)
 
     def read_summary(self) -> dict[str, Any] | None:
         return json.loads(self.summary.read_text()) if self.summary.exists() else None
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Atomic (write aside, then rename): a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def resolve(run: str | Path | None, runs_dir: str | Path = "runs") -> RunDir:

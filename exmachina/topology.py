@@ -26,13 +26,12 @@ class NeuronSpec:
     layer: int
     index: int
     activation: str
-    synapses_in: int  # dendrites: one per upstream neuron, or the coordinator's sensor
     axon: np.ndarray  # initial weights, one per outgoing synapse
     bias: float
     learn_bias: bool
     plastic_axon: bool  # the output layer's one synapse to the coordinator is fixed at 1
     learning_rate: float
-    upstream: tuple[str, ...]  # ids, in synapse order
+    upstream: tuple[str, ...]  # ids, in synapse order: one dendrite synapse each
     downstream: tuple[str, ...]
 
 
@@ -60,7 +59,6 @@ def neurons(config: Config, parameters: Parameters) -> list[NeuronSpec]:
                     layer=layer,
                     index=index,
                     activation=parameters.activations[layer],
-                    synapses_in=len(upstream),
                     axon=axon,
                     bias=float(parameters.biases[layer][index]),
                     learn_bias=parameters.learn_bias[layer],

@@ -109,7 +109,13 @@ def _learn(config: Config, data: datasets.Dataset, sockets: Path | None, out) ->
         intensity=rt.max_restarts,
         period=rt.restart_period,
         auto_shutdown="any_significant",
-        preload=["exmachina.neuron", "exmachina.coordinator"],
+        preload=[
+            "exmachina.neuron",
+            "exmachina.coordinator",
+            "supervisor.process",
+            "supervisor.lifeline",
+            "psutil",
+        ],
         on_event=lambda e: _log_event(log, e),
     )
     received: list[int] = []
@@ -223,7 +229,3 @@ def main(
 ) -> None:
     """Train a network in which every neuron is its own process."""
     raise typer.Exit(learn(config))
-
-
-if __name__ == "__main__":
-    typer.run(main)
