@@ -1,0 +1,134 @@
+"""One supervised OS process: a thin, explicit wrapper around `multiprocessing.Process`.
+
+The wrapper survives restarts (one `ChildProcess` per child id, a new OS process per start), so the
+supervisor can keep per-child bookkeeping such as the restart count in one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import traceback
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+
+from .lifeline import watch_parent
+from .spec import ChildSpec
+
+
+def _bootstrap(spec: ChildSpec, supervisor_pid: int) -> None:
+    """Entry point of every child process: prepare the process, then run the target.
+
+    Exit status: 0 when the target returns, the code of a `SystemExit`, 1 for any other exception
+    (whose traceback goes to stderr).
+    """
+    if spec.title:
+        import setproctitle
+
+        setproctitle.setproctitle(spec.title)
+    # Ctrl-C in a terminal reaches the whole process group; the supervisor decides how children stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Start from the default so that SIGTERM ends the child unless the target installs its own handler.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    watch_parent(supervisor_pid)
+    try:
+        spec.target(*spec.args, **spec.kwargs)
+        code = 0
+    except SystemExit as exc:
+        code = _exit_code(exc.code)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.exit(code)
+
+
+def _exit_code(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)  # like the interpreter: sys.exit("message") prints it and exits 1
+    return 1
+
+
+class ChildProcess:
+    """The current OS process of one child, plus how often it has been restarted."""
+
+    def __init__(self, spec: ChildSpec, ctx: BaseContext) -> None:
+        self.spec = spec
+        self._ctx = ctx
+        self._proc: BaseProcess | None = None
+        self.restarts = 0
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def process(self) -> BaseProcess | None:
+        """The underlying `multiprocessing` process of the latest start (None before the first)."""
+        return self._proc
+
+    @property
+    def pid(self) -> int | None:
+        """Pid of the latest process, alive or not; None before the first start."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def sentinel(self) -> int:
+        """File descriptor that becomes readable when the current process ends."""
+        if self._proc is None:
+            raise RuntimeError(f"child {self.id!r} has not been started")
+        return self._proc.sentinel
+
+    @property
+    def exitcode(self) -> int | None:
+        """Exit code of the latest process; None while it runs. Negative means killed by that signal."""
+        return self._proc.exitcode if self._proc is not None else None
+
+    def is_alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    def start(self) -> int:
+        """Start a new OS process for this child and return its pid.
+
+        The previous process object is only dropped, not closed: another thread may still be waiting
+        on its sentinel, and garbage collection closes it once nobody holds it.
+        """
+        if self.is_alive():
+            raise RuntimeError(f"child {self.id!r} is already running (pid {self.pid})")
+        proc = self._ctx.Process(
+            target=_bootstrap, args=(self.spec, os.getpid()), name=self.spec.id, daemon=False
+        )
+        proc.start()
+        if self._proc is not None:
+            self.restarts += 1
+        self._proc = proc
+        return proc.pid
+
+    def terminate(self, timeout: float) -> int | None:
+        """Stop the process: SIGTERM, wait up to `timeout` seconds, then SIGKILL; return its exit code."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.exitcode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            proc.join(timeout)
+            if proc.exitcode is None:
+                self.kill()
+        return proc.exitcode
+
+    def kill(self) -> None:
+        """SIGKILL the process and wait for it."""
+        proc = self._proc
+        if proc is not None and proc.exitcode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.join()
+
+    def __repr__(self) -> str:
+        state = "alive" if self.is_alive() else f"exitcode={self.exitcode}"
+        return f"<ChildProcess {self.id!r} pid={self.pid} {state} restarts={self.restarts}>"

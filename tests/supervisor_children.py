@@ -1,0 +1,71 @@
+"""Child targets for tests/test_supervisor.py.
+
+They live in an importable module (not the test file) so that forkserver/spawn children can unpickle
+them by reference.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+
+def _mark_ready(ready_dir: str | None, name: str | None) -> None:
+    """Tell the test this child is set up (handlers installed): create `<ready_dir>/<name>.<pid>`."""
+    if ready_dir is not None:
+        Path(ready_dir, f"{name}.{os.getpid()}").touch()
+
+
+def sleeper(
+    name: str | None = None,
+    ready_dir: str | None = None,
+    log_path: str | None = None,
+    ignore_term: bool = False,
+) -> None:
+    """Run until stopped. On SIGTERM: append `name` to `log_path` and exit 0, or ignore it if asked."""
+    if ignore_term:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    elif log_path is not None:
+
+        def on_term(signum: int, frame: object) -> None:
+            with open(log_path, "a") as f:
+                f.write(f"{name}\n")
+            sys.exit(0)
+
+        signal.signal(signal.SIGTERM, on_term)
+    _mark_ready(ready_dir, name)
+    while True:
+        time.sleep(3600)
+
+
+def crash_once(marker: str, then_exit: bool = False) -> None:
+    """Exit 1 on the first run (creating `marker`); later runs exit 0 or sleep, per `then_exit`."""
+    if not os.path.exists(marker):
+        Path(marker).touch()
+        sys.exit(1)
+    if then_exit:
+        return
+    sleeper()
+
+
+def exit_with(code: int, delay: float = 0.0) -> None:
+    """Exit with `code` after `delay` seconds."""
+    time.sleep(delay)
+    sys.exit(code)
+
+
+def raise_error() -> None:
+    raise RuntimeError("deliberate failure in a test child")
+
+
+def return_normally() -> None:
+    return None
+
+
+def exit_when_file_exists(path: str) -> None:
+    """Exit 0 once `path` exists, so a test decides exactly when this child ends."""
+    while not os.path.exists(path):
+        time.sleep(0.02)
