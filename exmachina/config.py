@@ -73,6 +73,7 @@ class RuntimeConfig:
     runs_dir: str = "runs"  # relative to the current directory
     stats_interval: float = 1.0  # seconds between a neuron's periodic stats
     snapshot_every: int = 100  # samples between live weight snapshots (viewer); 0: only at epoch ends
+    checkpoint_every: int = 100  # samples between each neuron's own checkpoint; 0: only epoch ends
     max_restarts: int = 5  # restart intensity: at most this many restarts ...
     restart_period: float = 10.0  # ... within this many seconds
 
@@ -117,6 +118,8 @@ class Config:
         """The resolved config, as written into the run directory."""
         resolved = dataclasses.asdict(self)
         resolved.pop("source")
+        if self.data.path is not None:
+            resolved["data"]["path"] = str(self.data_path().resolve())
         for i, layer in enumerate(resolved["network"]["layers"]):
             layer["activation"] = self.activation(i)
             layer["bias_init"] = list(self.bias_init(i))
@@ -284,6 +287,8 @@ def _check(c: Config) -> None:
     r = c.runtime
     if r.max_restarts < 0 or r.restart_period <= 0:
         _fail(s, "runtime.max_restarts", "restart intensity needs max_restarts >= 0 and restart_period > 0")
+    if r.snapshot_every < 0 or r.checkpoint_every < 0:
+        _fail(s, "runtime.checkpoint_every", "snapshot_every and checkpoint_every must be >= 0")
     if r.stats_interval <= 0:
         _fail(s, "runtime.stats_interval", "must be positive")
     assert set(ACTIVATIONS) == set(typing.get_args(ActivationName))

@@ -3,11 +3,17 @@
 It is the far end of every edge synapse: the sensor of each input neuron and the target of each
 output neuron. Exact online SGD keeps one sample in flight: the next sample starts only when every
 input neuron has sent its error back, i.e. when every weight in the network has been updated.
+
+When a neuron dies, its supervisor restarts it from its last checkpoint and it says HELLO again.
+The coordinator then wires it back in, tells every neuron to DROP the sample that was in flight,
+and replays that sample under a new id. The updates the neuron made since its checkpoint are lost
+(at most `checkpoint_every`), and are counted in metrics.jsonl.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import signal
@@ -17,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from exmachina import transport, wire
+from exmachina import checkpoints, transport, wire
 from exmachina.activations import LOSSES, accuracy, predictions
 from exmachina.config import Config
 from exmachina.datasets import Dataset, epoch_order
@@ -27,10 +33,12 @@ from exmachina.progress import Progress
 from exmachina.runs import RunDir, Site, write_json
 from exmachina.topology import COORDINATOR, layer_ids
 
-SHOWN_PREDICTIONS = 20  # kept in predictions.json for the viewer
 RECENT = 200  # the original's progress figure: share correct of the last 200 training predictions
+SHOWN_PREDICTIONS = 20  # kept in predictions.json for the viewer
 STARTUP_TIMEOUT_S = 60.0
-STOP_SNAPSHOT_TIMEOUT_S = 1.0  # a stopped run's last snapshot; the lifeline allows 2 s in all
+STOP_GRACE_S = 0.5  # on SIGTERM: for the sample in flight, then for the final checkpoint (the
+# lifeline gives an orphaned coordinator 2 s in all before it is killed)
+MAX_REPLAYS = 3  # a sample that stalls this many times running ends the run
 
 
 class Stalled(RuntimeError):
@@ -38,7 +46,11 @@ class Stalled(RuntimeError):
 
 
 class Stopped(Exception):
-    """SIGTERM arrived: finish cleanly (save what the neurons know) and exit."""
+    """SIGTERM arrived and the sample in flight could not finish in time."""
+
+
+class Restarted(Exception):
+    """A neuron said HELLO again: it was restarted and must be wired back in."""
 
 
 @dataclass
@@ -46,14 +58,21 @@ class Peer:
     id: str
     pid: int
     endpoints: dict[str, str]
+    updates: int
     control: zmq.Socket | None = None
 
 
 @dataclass
-class Score:
-    losses: list[float] = field(default_factory=list)
-    outputs: list[np.ndarray] = field(default_factory=list)
-    targets: list[np.ndarray] = field(default_factory=list)
+class Position:
+    """Where training stands; checkpointed with the neurons, so a run resumes exactly here."""
+
+    epoch: int = 0  # the epoch in progress, from 0
+    index: int = 0  # the next row of that epoch's order
+    completed: int = 0  # training samples the network has completed: every neuron's update count
+    losses: list[float] = field(default_factory=list)  # this epoch's, so far
+    correct: list[bool] = field(default_factory=list)  # this epoch's, so far
+    recent: list[bool] = field(default_factory=list)  # the last RECENT, across epochs
+    best: list | None = None  # [held-out accuracy, epoch] of the best epoch so far
 
 
 class Coordinator:
@@ -74,29 +93,45 @@ class Coordinator:
         self.inbox.setsockopt(zmq.RCVHWM, transport.HIGH_WATER_MARK)
         self.inbox.setsockopt(zmq.LINGER, 0)
         self.inbox.bind(site.coordinator)
-        self.sensors: list[zmq.Socket] = []
-        self.error_links: list[zmq.Socket] = []
+        self.sensors: dict[str, zmq.Socket] = {}
+        self.error_links: dict[str, zmq.Socket] = {}
         self.sample = 0
-        self.stop_requested = False
+        self.position = Position()
+        self.stop_requested_at: float | None = None
         self.backlog: collections.deque[list] = collections.deque()
+        self.restarted: list[str] = []
+        self.abandoned: collections.deque[int] = collections.deque(maxlen=64)
         self.dropped = 0
+        self.restarts = 0
         self.stats: dict[str, dict] = {}  # latest STATS of each neuron
         self.stats_due = 0.0
         self.recent_predictions: collections.deque[dict] = collections.deque(maxlen=SHOWN_PREDICTIONS)
 
+    def request_stop(self) -> None:
+        if self.stop_requested_at is None:
+            self.stop_requested_at = time.monotonic()
+
     # -- messages -------------------------------------------------------------------------------
 
     def _receive(self, deadline: float) -> list:
-        """The next well-formed message; raises Stalled past the deadline, Stopped on SIGTERM."""
+        """The next well-formed message; raises Stalled past the deadline, Stopped when a stop has
+        waited longer than STOP_GRACE_S, Restarted when a known neuron says HELLO again."""
         while True:
-            if self.stop_requested:
+            if (
+                self.stop_requested_at is not None
+                and time.monotonic() - self.stop_requested_at > STOP_GRACE_S
+            ):
                 raise Stopped
-            if self.backlog:
-                return self.backlog.popleft()
+            while self.backlog:
+                message = self.backlog.popleft()
+                if message[0] == wire.HELLO and message[2] in self.peers:
+                    self._note_restart(message)
+                    raise Restarted(message[2])
+                return message
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise Stalled(f"no message for {self.config.training.stall_timeout:.0f} s")
-            if not self.inbox.poll(min(remaining, 0.5) * 1000):
+            if not self.inbox.poll(min(remaining, 0.25) * 1000):
                 continue
             for frame in transport.drain(self.inbox):
                 try:
@@ -105,15 +140,21 @@ class Coordinator:
                     self.dropped += 1
                     self.log.warning("dropped message (%s): %r", exc, frame[:64])
 
-    def _gather(self, kind: int, sample: int, count: int, timeout: float) -> np.ndarray:
+    def _gather(self, kind: int, sample: int, count: int) -> np.ndarray:
         """Wait for `count` synapse messages of one kind and sample; returns values by sender."""
-        values, seen = np.zeros(count), 0
+        values, seen = np.zeros(count), np.zeros(count, dtype=bool)
+        timeout = self.config.training.stall_timeout
         deadline = time.monotonic() + timeout
-        while seen < count:
+        while not seen.all():
             message = self._receive(deadline)
-            if message[0] == kind and message[1] == sample and 0 <= message[2] < count:
+            if (
+                message[0] == kind
+                and message[1] == sample
+                and 0 <= message[2] < count
+                and not seen[message[2]]
+            ):
                 values[message[2]] = message[3]
-                seen += 1
+                seen[message[2]] = True
                 deadline = time.monotonic() + timeout
             else:
                 self._aside(message)
@@ -121,20 +162,30 @@ class Coordinator:
 
     def _aside(self, message: list) -> None:
         """A message that is not the one being waited for."""
-        if message[0] == wire.STATS:
+        kind = message[0]
+        if kind == wire.STATS:
             self.stats[message[1]] = message[2]
             now = time.monotonic()
             if now >= self.stats_due:
                 self.stats_due = now + self.site.stats_interval
                 self.write_stats()
-            return
-        self.log.warning("unexpected %s", wire.describe(message))
+        elif kind in wire.SYNAPSE_KINDS and message[1] in self.abandoned:
+            pass  # a straggler of a dropped sample
+        else:
+            self.log.warning("unexpected %s", wire.describe(message))
 
     def write_stats(self) -> None:
-        me = {"pid": os.getpid(), "time": time.time(), "sample": self.sample, "dropped": self.dropped}
+        me = {
+            "pid": os.getpid(),
+            "time": time.time(),
+            "sample": self.sample,
+            "dropped": self.dropped,
+            "completed": self.position.completed,
+            "restarts": self.restarts,
+        }
         write_json(self.run.stats, {"coordinator": me, "neurons": self.stats})
 
-    # -- start-up -------------------------------------------------------------------------------
+    # -- wiring ---------------------------------------------------------------------------------
 
     def connect(self) -> None:
         """Collect every neuron's HELLO, send each its wiring, wait until all are READY."""
@@ -145,74 +196,162 @@ class Coordinator:
             if message[0] != wire.HELLO:
                 self._aside(message)
                 continue
-            _, version, nid, pid, endpoints = message
-            if version != wire.VERSION or nid not in self.all_ids:
+            _, version, nid, pid, endpoints, updates = message
+            if version != wire.VERSION or nid not in self.layer_of:
                 self.log.warning("ignored hello from %s (protocol %s)", nid, version)
                 continue
-            self.peers[nid] = Peer(nid, pid, endpoints)
-        for peer in self.peers.values():
-            peer.control = transport.push(self.ctx, peer.endpoints["control"], transport.CONTROL_LINGER_MS)
+            self.peers[nid] = Peer(nid, pid, endpoints, updates)
         for nid in self.all_ids:
-            self._wire(nid)
-        self.sensors = [transport.push(self.ctx, self.peers[n].endpoints["forward"]) for n in self.inputs]
-        self.error_links = [
-            transport.push(self.ctx, self.peers[n].endpoints["backward"]) for n in self.outputs
-        ]
-        ready: set[str] = set()
-        while len(ready) < len(self.all_ids):
+            self._link(nid)
+        self._wire(self.all_ids, deadline)
+        self.log.info("%d neurons wired and ready in %.3f s", len(self.all_ids), time.monotonic() - started)
+
+    def _link(self, nid: str) -> None:
+        """(Re)connect the coordinator's own links to one neuron: control, and sensor or error link."""
+        peer = self.peers[nid]
+        for links, layer, port in (
+            (self.sensors, 0, "forward"),
+            (self.error_links, len(self.layers) - 1, "backward"),
+        ):
+            if self.layer_of[nid] == layer:
+                if nid in links:
+                    links[nid].close()
+                links[nid] = transport.push(self.ctx, peer.endpoints[port])
+        if peer.control is not None:
+            peer.control.close()
+        peer.control = transport.push(self.ctx, peer.endpoints["control"], transport.CONTROL_LINGER_MS)
+
+    def _wire(self, ids: list[str], deadline: float) -> None:
+        """Tell neurons where their synapses lead, and wait until each is READY."""
+        for nid in ids:
+            layer, last = self.layer_of[nid], len(self.layers) - 1
+            me = [self.site.coordinator]
+            downstream = (
+                me if layer == last else [self.peers[n].endpoints["forward"] for n in self.layers[layer + 1]]
+            )
+            upstream = (
+                me if layer == 0 else [self.peers[n].endpoints["backward"] for n in self.layers[layer - 1]]
+            )
+            message = [wire.VERSION, downstream, upstream, self.position.completed]
+            self.peers[nid].control.send(wire.encode(wire.WIRE, *message))
+        waiting = set(ids)
+        while waiting:
             message = self._receive(deadline)
             if message[0] == wire.READY:
-                ready.add(message[1])
+                waiting.discard(message[1])
             else:
                 self._aside(message)
-        self.log.info("%d neurons wired and ready in %.3f s", len(ready), time.monotonic() - started)
 
-    def _wire(self, nid: str) -> None:
-        """Tell one neuron where its synapses lead: forward endpoints below it, error endpoints above."""
-        layer, last = self.layer_of[nid], len(self.config.layer_sizes) - 1
-        me = [self.site.coordinator]
-        downstream = (
-            me if layer == last else [self.peers[n].endpoints["forward"] for n in self.layers[layer + 1]]
+    def _note_restart(self, hello: list) -> None:
+        _, _, nid, pid, endpoints, updates = hello
+        peer = self.peers[nid]
+        moved = endpoints != peer.endpoints
+        peer.pid, peer.endpoints, peer.updates = pid, endpoints, updates
+        lost = self.position.completed - updates
+        self.restarted.append(nid)
+        self.restarts += 1
+        self.log.warning(
+            "%s restarted (pid %d) from update %d: %d updates lost%s",
+            nid,
+            pid,
+            updates,
+            lost,
+            ", endpoints moved" if moved else "",
         )
-        upstream = me if layer == 0 else [self.peers[n].endpoints["backward"] for n in self.layers[layer - 1]]
-        self.peers[nid].control.send(wire.encode(wire.WIRE, wire.VERSION, downstream, upstream))
+        self.run.append_metrics(
+            {
+                "event": "restart",
+                "neuron": nid,
+                "pid": pid,
+                "sample": self.sample,
+                "completed": self.position.completed,
+                "updates_lost": lost,
+                "detected": time.time(),
+            }
+        )
+        if moved:  # its neighbours must reconnect to its new endpoints
+            layer = self.layer_of[nid]
+            neighbours = [
+                n for i in (layer - 1, layer + 1) if 0 <= i < len(self.layers) for n in self.layers[i]
+            ]
+            self.restarted.extend(n for n in neighbours if n not in self.restarted)
+
+    def recover(self) -> None:
+        """Wire restarted neurons back in and drop the sample in flight everywhere."""
+        started = time.monotonic()
+        deadline = started + STARTUP_TIMEOUT_S
+        while self.restarted:
+            ids, self.restarted = list(dict.fromkeys(self.restarted)), []
+            try:
+                for nid in ids:
+                    self._link(nid)
+                self._wire(ids, deadline)
+            except Restarted:
+                self.restarted = ids + self.restarted  # another one came back meanwhile: wire all
+        self.abandoned.append(self.sample)
+        for peer in self.peers.values():
+            peer.control.send(wire.encode(wire.DROP, self.sample))
+        self.log.info(
+            "wired back in after %.3f s; sample %d dropped, replaying",
+            time.monotonic() - started,
+            self.sample,
+        )
+        self.run.append_metrics({"event": "recovered", "sample": self.sample, "resumed": time.time()})
+
+    def resilient(self, step):  # noqa: ANN001, ANN201 - any zero-argument step
+        """Run one step (a sample, a snapshot); after a restart or a stall, recover and run it again."""
+        stalls = 0
+        while True:
+            try:
+                return step()
+            except Restarted:
+                self.recover()
+            except Stalled as exc:
+                stalls += 1
+                if stalls >= MAX_REPLAYS:
+                    raise
+                self.log.warning("sample %d stalled (%s): dropping and replaying it", self.sample, exc)
+                self.restarted = []
+                self.recover()
 
     # -- one sample -----------------------------------------------------------------------------
 
     def present(self, x: np.ndarray, kind: int) -> np.ndarray:
         """Send one input vector through the network; returns the output activities."""
         self.sample += 1
-        for sensor, value in zip(self.sensors, x.tolist()):
-            sensor.send(wire.encode(kind, self.sample, 0, value))
-        return self._gather(kind, self.sample, len(self.outputs), self.config.training.stall_timeout)
+        for nid, value in zip(self.inputs, x.tolist()):
+            self.sensors[nid].send(wire.encode(kind, self.sample, 0, value))
+        return self._gather(kind, self.sample, len(self.outputs))
 
-    def learn(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-        """One exact online SGD step through the whole network."""
+    def _learn(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         output = self.present(x, wire.FORWARD)
         gradient = self.loss.grad(output, y)
-        for link, value in zip(self.error_links, gradient.tolist()):
-            link.send(wire.encode(wire.BACKWARD, self.sample, 0, value))
-        self._gather(wire.BACKWARD, self.sample, len(self.inputs), self.config.training.stall_timeout)
+        for nid, value in zip(self.outputs, gradient.tolist()):
+            self.error_links[nid].send(wire.encode(wire.BACKWARD, self.sample, 0, value))
+        self._gather(wire.BACKWARD, self.sample, len(self.inputs))
         return self.loss.value(output, y), output
+
+    def learn(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        """One exact online SGD step through the whole network (replayed after a restart)."""
+        return self.resilient(lambda: self._learn(x, y))
 
     def evaluate(self, data: Dataset) -> tuple[float, float, np.ndarray]:
         """(mean loss, accuracy, outputs) of a forward-only pass: nothing learns."""
-        outputs = np.array([self.present(x, wire.INFER) for x in data.inputs])
+        outputs = np.array([self.resilient(lambda x=x: self.present(x, wire.INFER)) for x in data.inputs])
         losses = [self.loss.value(o, y) for o, y in zip(outputs, data.targets)]
         return float(np.mean(losses)), accuracy(outputs, data.targets), outputs
 
-    def snapshot(self, timeout: float | None = None) -> Parameters:
-        """Every weight and bias, as the neurons themselves report them."""
-        request = self.sample
+    def collect(self, kind: int, request: int, timeout: float | None = None) -> Parameters:
+        """Every weight and bias as the neurons report them (SNAPSHOT), also saved (CHECKPOINT)."""
         for peer in self.peers.values():
-            peer.control.send(wire.encode(wire.SNAPSHOT, request))
+            peer.control.send(wire.encode(kind, request))
         sizes = self.config.layer_sizes
         axons = [np.zeros((sizes[i], sizes[i + 1])) for i in range(len(sizes) - 1)]
         biases = [np.zeros(s) for s in sizes]
         pending = set(self.peers)
         deadline = time.monotonic() + (timeout or self.config.training.stall_timeout)
         while pending:
-            message = self._receive_unstoppable(deadline)
+            message = self._receive(deadline)
             if message[0] != wire.STATE or message[2] != request or message[1] not in pending:
                 self._aside(message)
                 continue
@@ -233,47 +372,53 @@ class Coordinator:
             [layer.name for layer in c.network.layers],
         )
 
-    def publish(self, epoch: int, samples: int) -> None:
+    def checkpoint(self, final: bool = False) -> Parameters:
+        """Every neuron saves itself at the current count, then the coordinator saves its position.
+        The `final` one (on a stop) is a single short try: the neurons may be going down too."""
+        count = self.position.completed
+        if final:
+            parameters = self.collect(wire.CHECKPOINT, count, STOP_GRACE_S)
+        else:
+            parameters = self.resilient(lambda: self.collect(wire.CHECKPOINT, count))
+        checkpoints.save(self.run.path, COORDINATOR, count, dataclasses.asdict(self.position))
+        return parameters
+
+    def publish(self, parameters: Parameters | None = None) -> None:
         """Live state for the viewer: the neurons' own weights and the latest predictions."""
-        self.snapshot().save(self.run.snapshot)
+        request = -self.sample  # snapshots never collide with checkpoint counts
+        parameters = parameters or self.resilient(lambda: self.collect(wire.SNAPSHOT, request))
+        parameters.save(self.run.snapshot)
         write_json(
             self.run.predictions,
             {
-                "epoch": epoch,
-                "samples": samples,
+                "epoch": self.position.epoch + 1,
+                "samples": self.position.completed,
                 "time": time.time(),
                 "recent": list(self.recent_predictions),
             },
         )
 
-    def _receive_unstoppable(self, deadline: float) -> list:
-        stop, self.stop_requested = self.stop_requested, False
-        try:
-            return self._receive(deadline)
-        finally:
-            self.stop_requested = self.stop_requested or stop
-
     # -- the whole run --------------------------------------------------------------------------
 
     def train(self, train: Dataset, holdout: Dataset | None, progress: Progress) -> dict:
-        c = self.config
-        t = c.training
-        recent: collections.deque[bool] = collections.deque(maxlen=RECENT)
-        started = time.monotonic()
-        samples = 0
-        status, epochs_done, epoch_loss = "completed", 0, float("nan")
-        best = None
+        c, t, p = self.config, self.config.training, self.position
+        started, first = time.monotonic(), p.completed
+        status = "completed"
         try:
-            for epoch in range(t.epochs):
-                epoch_started = time.monotonic()
-                losses, outputs = [], []
-                order = epoch_order(c.seed, epoch, len(train), t.shuffle)
-                for row in order:
+            while p.epoch < t.epochs:
+                epoch_started, epoch_first = time.monotonic(), p.completed
+                order = epoch_order(c.seed, p.epoch, len(train), t.shuffle)
+                while p.index < len(order):
+                    if self.stop_requested_at is not None:
+                        raise Stopped
+                    row = order[p.index]
                     loss, output = self.learn(train.inputs[row], train.targets[row])
-                    losses.append(loss)
-                    outputs.append(output)
                     predicted, wanted = predictions(output)[0], predictions(train.targets[row])[0]
-                    recent.append(bool(predicted == wanted))
+                    p.index += 1
+                    p.completed += 1
+                    p.losses.append(loss)
+                    p.correct.append(bool(predicted == wanted))
+                    p.recent = (p.recent + [bool(predicted == wanted)])[-RECENT:]
                     self.recent_predictions.append(
                         {
                             "row": int(row),
@@ -283,66 +428,72 @@ class Coordinator:
                             "target": int(wanted),
                         }
                     )
-                    samples += 1
-                    if c.runtime.snapshot_every and samples % c.runtime.snapshot_every == 0:
-                        self.publish(epoch + 1, samples)
-                epochs_done = epoch + 1
-                epoch_loss = float(np.mean(losses))
+                    if c.runtime.checkpoint_every and p.completed % c.runtime.checkpoint_every == 0:
+                        checkpoints.save(self.run.path, COORDINATOR, p.completed, dataclasses.asdict(p))
+                    if c.runtime.snapshot_every and p.completed % c.runtime.snapshot_every == 0:
+                        self.publish()
                 elapsed = time.monotonic() - epoch_started
                 record = {
                     "event": "epoch",
-                    "epoch": epochs_done,
-                    "loss": epoch_loss,
-                    "accuracy": accuracy(np.array(outputs), train.targets[order]),
-                    "recent_accuracy": float(np.mean(recent)),
-                    "samples": samples,
-                    "samples_per_s": len(order) / elapsed if elapsed > 0 else 0.0,
+                    "epoch": p.epoch + 1,
+                    "loss": float(np.mean(p.losses)),
+                    "accuracy": float(np.mean(p.correct)),
+                    "recent_accuracy": float(np.mean(p.recent)),
+                    "samples": p.completed,
+                    "samples_per_s": (p.completed - epoch_first) / elapsed if elapsed > 0 else 0.0,
                     "elapsed": time.monotonic() - started,
                 }
                 if holdout is not None:
                     record["holdout_loss"], record["holdout_accuracy"], _ = self.evaluate(holdout)
-                    if best is None or record["holdout_accuracy"] > best[0]:
-                        best = (record["holdout_accuracy"], epochs_done)
-                        self.snapshot().save(self.run.path / "best.npz")
+                p.epoch, p.index, p.losses, p.correct = p.epoch + 1, 0, [], []
+                improved = holdout is not None and (p.best is None or record["holdout_accuracy"] > p.best[0])
+                if improved:
+                    p.best = [record["holdout_accuracy"], p.epoch]
+                parameters = self.checkpoint()
+                if improved:
+                    parameters.save(self.run.path / "best.npz")
                 self.run.append_metrics(record)
-                self.publish(epochs_done, samples)
+                self.publish(parameters)
                 progress.epoch(record)
-                if t.target_loss is not None and epoch_loss < t.target_loss:
-                    self.log.info("target loss %.4g reached after epoch %d", t.target_loss, epochs_done)
+                if t.target_loss is not None and record["loss"] < t.target_loss:
+                    self.log.info("target loss %.4g reached after epoch %d", t.target_loss, p.epoch)
                     break
         except Stopped:
             status = "stopped"
-            self.log.info("stop requested during sample %d: saving what the neurons know", self.sample)
+            self.log.info("stop requested at update %d: checkpointing what the neurons know", p.completed)
         except Stalled as exc:
             status = "stalled"
-            self.log.error("sample %d stalled: %s", self.sample, exc)
+            self.log.error("sample %d stalled %d times: %s", self.sample, MAX_REPLAYS, exc)
         train_time = time.monotonic() - started
+        done = p.completed - first
         summary = {
             "status": status,
-            "epochs": epochs_done,
-            "samples": samples,
-            "train_loss": epoch_loss,
+            "epochs": p.epoch,
+            "samples": p.completed,
             "train_time_s": train_time,
-            "samples_per_s": samples / train_time if train_time else 0.0,
+            "samples_per_s": done / train_time if train_time else 0.0,
+            "restarts": self.restarts,
         }
         if status == "stopped":
-            # Neurons may be going down too (the whole tree is stopping): a short, bounded try.
-            self.stop_requested = False
+            # The sample in flight finished (or the neurons are going down too): a short, bounded try.
+            self.stop_requested_at = None
             try:
-                self.snapshot(timeout=STOP_SNAPSHOT_TIMEOUT_S).save(self.run.model)
-            except Stalled:
-                self.log.warning("neurons did not answer the final snapshot: model.npz not written")
+                self.checkpoint(final=True).save(self.run.model)
+            except (Stalled, Stopped, Restarted):
+                self.log.warning("neurons did not answer the final checkpoint: model.npz not written")
         elif status == "completed":
-            self.snapshot().save(self.run.model)
+            self.collect(wire.SNAPSHOT, -self.sample - 1).save(self.run.model)
             summary["final_loss"], summary["accuracy"], _ = self.evaluate(train)
             if holdout is not None:
                 summary["holdout_loss"], summary["holdout_accuracy"], _ = self.evaluate(holdout)
-                summary["best_holdout_accuracy"], summary["best_epoch"] = best or (None, None)
+                summary["best_holdout_accuracy"], summary["best_epoch"] = p.best or (None, None)
         return summary
 
 
-def coordinate(config: Config, site: Site, train: Dataset, holdout: Dataset | None) -> None:
-    """Process entry point of the coordinator."""
+def coordinate(
+    config: Config, site: Site, train: Dataset, holdout: Dataset | None, position: dict | None = None
+) -> None:
+    """Process entry point of the coordinator. `position`: where a resumed run takes up."""
     run = RunDir(site.run_dir)
     log = open_log(COORDINATOR, run.log(COORDINATOR), site.log_level, site.log_max_bytes, site.log_backups)
     log.info(
@@ -352,14 +503,24 @@ def coordinate(config: Config, site: Site, train: Dataset, holdout: Dataset | No
         len(holdout) if holdout is not None else "none",
     )
     coordinator = Coordinator(config, site, log)
-    signal.signal(signal.SIGTERM, lambda *_: setattr(coordinator, "stop_requested", True))
+    if position is not None:
+        coordinator.position = Position(
+            **{k: v for k, v in position.items() if k in Position.__annotations__}
+        )
+        log.info(
+            "resuming at epoch %d, row %d, update %d",
+            coordinator.position.epoch + 1,
+            coordinator.position.index,
+            coordinator.position.completed,
+        )
+    signal.signal(signal.SIGTERM, lambda *_: coordinator.request_stop())
     progress = Progress(config.training.epochs)
     started = time.monotonic()
     summary: dict = {"status": "failed"}
     try:
         coordinator.connect()
         summary = coordinator.train(train, holdout, progress)
-    except Stopped:
+    except (Stopped, Restarted):
         summary = {"status": "stopped", "epochs": 0, "samples": 0}
     except Stalled as exc:
         log.error("start-up stalled: %s", exc)

@@ -8,6 +8,7 @@ sockets; `serve` is the process around it: sockets, wiring, the event loop, logs
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import signal
@@ -16,7 +17,7 @@ import time
 import numpy as np
 import zmq
 
-from exmachina import transport, wire
+from exmachina import checkpoints, transport, wire
 from exmachina.activations import ACTIVATIONS
 from exmachina.learning import axon_gradient, descend, error, fire
 from exmachina.logs import close_log, open_log
@@ -24,6 +25,9 @@ from exmachina.runs import RunDir, Site
 from exmachina.topology import NeuronSpec, socket_name
 
 PORTS = ("in", "err", "ctl")  # the bound PULL sockets: activities in, errors in, control
+
+# Recently dropped samples: their stragglers (still in flight when DROP came) are discarded.
+REMEMBER_DROPPED = 64
 
 # Samples a neuron keeps half-gathered at once; beyond this the oldest is forgotten (and logged), so
 # a flood of stray sample ids can never grow a neuron's memory without bound.
@@ -131,12 +135,15 @@ class Neuron:
         self.axon = Axon(spec.axon.astype(float), spec.plastic_axon, spec.downstream, log)
         self.sent = 0
         self.fired: dict[int, tuple[float, float]] = {}  # sample -> (net, activity), until its error
-        self.updates = self.reported_updates = 0
+        self.dropped: collections.deque[int] = collections.deque(maxlen=REMEMBER_DROPPED)
+        self.updates = self.reported_updates = spec.updates
         self.activity_sum = self.error_sum = 0.0
 
     def on_activity(self, kind: int, sample: int, synapse: int, value: float) -> None:
         if kind == wire.FORWARD and sample in self.fired:
             raise Unexpected(f"sample {sample} already fired")
+        if sample in self.dropped:
+            raise Unexpected(f"sample {sample} was dropped")
         inputs = self.dendrites.incoming.put(sample, synapse, value)  # 1. wait for every input synapse
         if inputs is None:
             return
@@ -146,12 +153,13 @@ class Neuron:
             self.activity_sum += float(activity)
         self.sent += self.axon.transmit(kind, sample, activity, self.spec.index)  # 3-4. weight, send on
 
-    def on_error(self, sample: int, synapse: int, value: float) -> None:
+    def on_error(self, sample: int, synapse: int, value: float) -> bool:
+        """True once this sample's update is done."""
         if sample not in self.fired:
             raise Unexpected(f"error for sample {sample}, which this neuron has not fired")
         errors = self.axon.errors.put(sample, synapse, value)  # 5. wait for every downstream error
         if errors is None:
-            return
+            return False
         net, activity = self.fired.pop(sample)
         delta = error(net, self.activation, self.axon.weights, errors)  # 6. own error, old weights
         self.sent += self.dendrites.send_back(sample, float(delta), self.spec.index)  # 7. back to inputs
@@ -175,6 +183,13 @@ class Neuron:
         self.fired.pop(sample, None)
         self.dendrites.incoming.pop(sample, None)
         self.axon.errors.pop(sample, None)
+        self.dropped.append(sample)
+
+    def restore(self, state: dict) -> None:
+        """Take up the weights, bias and count of a checkpoint (after a restart)."""
+        self.axon.weights[:] = checkpoints.weights_of(state)
+        self.bias[...] = state["bias"]
+        self.updates = self.reported_updates = state["updates"]
 
 
 def _fmt(values: np.ndarray, limit: int = 8) -> str:
@@ -210,6 +225,15 @@ class NeuronProcess:
     def __init__(self, spec: NeuronSpec, site: Site, log: logging.Logger) -> None:
         self.spec, self.site, self.log = spec, site, log
         self.neuron = Neuron(spec, log)
+        state = checkpoints.latest(site.run_dir, spec.id)  # a damaged file raises: crash on start
+        if state is not None and state["updates"] > spec.updates:
+            self.neuron.restore(state)
+            log.info(
+                "restarted: restored checkpoint at update %d: bias=%+.4f axon=%s",
+                state["updates"],
+                float(self.neuron.bias),
+                _fmt(self.neuron.axon.weights),
+            )
         self.received = self.dropped = 0
         self.last_problem = ""
         self.stop_signal: list[int] = []
@@ -226,9 +250,8 @@ class NeuronProcess:
         self.coordinator = transport.push(self.ctx, site.coordinator, transport.CONTROL_LINGER_MS)
 
     def run(self) -> None:
-        self.coordinator.send(
-            wire.encode(wire.HELLO, wire.VERSION, self.spec.id, os.getpid(), self.endpoints)
-        )
+        hello = [wire.VERSION, self.spec.id, os.getpid(), self.endpoints, self.neuron.updates]
+        self.coordinator.send(wire.encode(wire.HELLO, *hello))
         self.log.info("bound %s; hello sent", " ".join(f"{k}={v}" for k, v in self.endpoints.items()))
         poller = zmq.Poller()
         for sock in (self.control, self.errors_in, self.forward_in):
@@ -276,7 +299,10 @@ class NeuronProcess:
                 elif sock is self.forward_in and kind in (wire.FORWARD, wire.INFER):
                     self.neuron.on_activity(kind, message[1], message[2], message[3])
                 elif sock is self.errors_in and kind == wire.BACKWARD:
-                    self.neuron.on_error(message[1], message[2], message[3])
+                    every = self.site.checkpoint_every
+                    updated = self.neuron.on_error(message[1], message[2], message[3])
+                    if updated and every and self.neuron.updates % every == 0:
+                        self._checkpoint()
                 else:
                     raise Unexpected(f"{wire.NAMES[kind]} on the wrong socket")
             except (wire.WireError, Unexpected) as exc:
@@ -288,7 +314,7 @@ class NeuronProcess:
     def _control(self, message: list) -> bool:
         kind, spec, n = message[0], self.spec, self.neuron
         if kind == wire.WIRE:
-            _, version, downstream, upstream = message
+            _, version, downstream, upstream, network_updates = message
             if version != wire.VERSION:
                 raise Unexpected(f"protocol version {version}, this neuron speaks {wire.VERSION}")
             if len(downstream) != len(spec.downstream) or len(upstream) != len(spec.upstream):
@@ -307,8 +333,22 @@ class NeuronProcess:
                 len(downstream),
                 _peers(spec.downstream),
             )
+            if network_updates != n.updates:
+                self.log.warning(
+                    "lost %d updates: weights stand at update %d, the network at %d",
+                    network_updates - n.updates,
+                    n.updates,
+                    network_updates,
+                )
+                n.updates = n.reported_updates = network_updates
             self.coordinator.send(wire.encode(wire.READY, spec.id))
         elif kind == wire.SNAPSHOT:
+            state = [float(n.bias), n.axon.weights.tolist(), n.updates]
+            self.coordinator.send(wire.encode(wire.STATE, spec.id, message[1], *state))
+        elif kind == wire.CHECKPOINT:
+            if message[1] != n.updates:
+                self.log.warning("checkpoint asked at update %d, this neuron is at %d", message[1], n.updates)
+            self._checkpoint()
             state = [float(n.bias), n.axon.weights.tolist(), n.updates]
             self.coordinator.send(wire.encode(wire.STATE, spec.id, message[1], *state))
         elif kind == wire.DROP:
@@ -320,6 +360,16 @@ class NeuronProcess:
         else:
             raise Unexpected(f"{wire.NAMES[kind]} is not a control message")
         return True
+
+    def _checkpoint(self) -> None:
+        n = self.neuron
+        checkpoints.save(
+            self.site.run_dir,
+            self.spec.id,
+            n.updates,
+            checkpoints.neuron_state(n.axon.weights, float(n.bias), n.updates),
+        )
+        self.log.info("checkpoint at update %d", n.updates)
 
     def _report(self) -> None:
         """Periodic stats: a line in the log when something happened, and a STATS message always."""

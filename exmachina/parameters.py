@@ -37,7 +37,7 @@ class Parameters:
         )
 
     def save(self, path: str | Path) -> None:
-        """Atomic: a reader sees the old file or the new one, never half of one."""
+        """Atomic: a reader (the viewer, a resume) sees the old file or the new one, never half."""
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp")
         arrays = {f"axon_{i}": a for i, a in enumerate(self.axons)}
@@ -50,8 +50,6 @@ class Parameters:
                 names=np.array(self.names),
                 **arrays,
             )
-            fh.flush()
-            os.fsync(fh.fileno())
         os.replace(tmp, path)
 
     @classmethod

@@ -35,6 +35,7 @@ class Site:
     log_max_bytes: int
     log_backups: int
     stats_interval: float
+    checkpoint_every: int
 
 
 class RunDir:
@@ -82,6 +83,13 @@ class RunDir:
     def append_metrics(self, record: dict[str, Any]) -> None:
         with open(self.metrics, "a") as fh:
             fh.write(json.dumps(record) + "\n")
+
+    def truncate_metrics(self, epochs: int) -> None:
+        """Keep only what happened up to `epochs` completed epochs (a resumed run redoes the rest)."""
+        kept = [r for r in self.read_metrics() if r.get("event") != "epoch" or r["epoch"] <= epochs]
+        tmp = self.metrics.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.metrics)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics.exists():

@@ -33,6 +33,7 @@ class NeuronSpec:
     learning_rate: float
     upstream: tuple[str, ...]  # ids, in synapse order: one dendrite synapse each
     downstream: tuple[str, ...]
+    updates: int = 0  # the training count these weights stand at (non-zero when resuming)
 
 
 def neuron_id(layer_name: str, index: int) -> str:
@@ -44,7 +45,7 @@ def layer_ids(config: Config, layer: int) -> tuple[str, ...]:
     return tuple(neuron_id(spec.name, i) for i in range(spec.size))
 
 
-def neurons(config: Config, parameters: Parameters) -> list[NeuronSpec]:
+def neurons(config: Config, parameters: Parameters, updates: int = 0) -> list[NeuronSpec]:
     """Every neuron of the network, layer by layer, with its initial weights and bias."""
     last = len(config.layer_sizes) - 1
     specs = []
@@ -66,6 +67,7 @@ def neurons(config: Config, parameters: Parameters) -> list[NeuronSpec]:
                     learning_rate=config.training.learning_rate,
                     upstream=upstream,
                     downstream=downstream,
+                    updates=updates,
                 )
             )
     return specs

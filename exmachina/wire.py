@@ -9,11 +9,16 @@ The first element is always the kind. Synapse traffic, the hot path, is four sma
 `sender` is the sender's index in its layer, which is the receiver's synapse number; the
 coordinator is sender 0 to the input and output layers. Control traffic names neurons by id:
 
-    coordinator -> neuron:  [WIRE, version, downstream endpoints, upstream endpoints]
-                            [SNAPSHOT, request]        [DROP, sample]        [STOP]
-    neuron -> coordinator:  [HELLO, version, neuron, pid, {"forward", "backward", "control"}]
+    coordinator -> neuron:  [WIRE, version, downstream endpoints, upstream endpoints, updates]
+                            [SNAPSHOT, request]        [CHECKPOINT, count]
+                            [DROP, sample]             [STOP]
+    neuron -> coordinator:  [HELLO, version, neuron, pid, {"forward", "backward", "control"}, updates]
                             [READY, neuron]            [STATE, neuron, request, bias, weights, updates]
                             [STATS, neuron, {...}]
+
+`updates` in HELLO is the count a neuron's weights stand at (a restarted neuron: its checkpoint's);
+in WIRE it is the count the network stands at, so the neuron knows how many updates it lost. STATE
+answers both SNAPSHOT and CHECKPOINT (then `request` is the count written).
 
 A frame that does not decode to one of these shapes raises `WireError`: the receiver drops it,
 counts it and logs it, and carries on.
@@ -28,7 +33,7 @@ import msgpack
 VERSION = 1
 
 FORWARD, INFER, BACKWARD = 1, 2, 3
-WIRE, SNAPSHOT, DROP, STOP = 10, 11, 12, 13
+WIRE, SNAPSHOT, DROP, STOP, CHECKPOINT = 10, 11, 12, 13, 14
 HELLO, READY, STATE, STATS = 20, 21, 22, 23
 
 NAMES = {
@@ -39,6 +44,7 @@ NAMES = {
     SNAPSHOT: "SNAPSHOT",
     DROP: "DROP",
     STOP: "STOP",
+    CHECKPOINT: "CHECKPOINT",
     HELLO: "HELLO",
     READY: "READY",
     STATE: "STATE",
@@ -50,11 +56,12 @@ _SHAPES: dict[int, tuple[type, ...]] = {
     FORWARD: (int, int, float),
     INFER: (int, int, float),
     BACKWARD: (int, int, float),
-    WIRE: (int, list, list),
+    WIRE: (int, list, list, int),
     SNAPSHOT: (int,),
     DROP: (int,),
     STOP: (),
-    HELLO: (int, str, int, dict),
+    CHECKPOINT: (int,),
+    HELLO: (int, str, int, dict, int),
     READY: (str,),
     STATE: (str, int, float, list, int),
     STATS: (str, dict),

@@ -51,7 +51,7 @@ def test_garbage_on_a_live_neurons_sockets_is_dropped_and_changes_nothing(tmp_pa
                 link.setsockopt(zmq.LINGER, 1000)
                 link.connect(f"ipc://{sockets / name}")
                 # STOP is garbage on a synapse socket; on the control socket it would be obeyed
-                extra = [msgpack.packb([wire.WIRE, 999, [], []]), msgpack.packb([wire.FORWARD, 1, 0, 0.5])]
+                extra = [msgpack.packb([wire.WIRE, 999, [], [], 0]), msgpack.packb([wire.FORWARD, 1, 0, 0.5])]
                 for frame in garbage[:-1] + (extra if name.endswith("ctl") else garbage[-1:]):
                     link.send(frame)
                 link.close()

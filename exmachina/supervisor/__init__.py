@@ -13,19 +13,22 @@ import signal
 import socket
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import psutil
 import typer
 
-from exmachina import datasets, parameters, topology, transport
+from exmachina import checkpoints, datasets, topology, transport
+from exmachina import parameters as parameters_module
 from exmachina.config import Config, ConfigError, load_config
 from exmachina.coordinator import coordinate
 from exmachina.datasets import DatasetError
 from exmachina.logs import close_log, open_log
 from exmachina.neuron import serve
-from exmachina.runs import RunDir, Site
+from exmachina.parameters import Parameters
+from exmachina.runs import RunDir, Site, resolve
 from exmachina.topology import COORDINATOR
 from supervisor import ChildSpec, Event, Supervisor
 
@@ -39,22 +42,55 @@ def prepare(config_path: str | Path) -> tuple[Config, datasets.Dataset]:
     return config, datasets.load(config)
 
 
-def learn(config_path: str | Path, out=print) -> int:  # noqa: ANN001 - out is any print-like callable
-    """Train one config through the process network; returns the exit code."""
+@dataclass
+class Resumption:
+    """Where a stopped or crashed run takes up again: its newest consistent checkpoint."""
+
+    run: RunDir
+    count: int
+    parameters: Parameters
+    position: dict
+
+
+def find_resumption(run: RunDir, config: Config) -> Resumption:
+    ids_by_layer = [topology.layer_ids(config, i) for i in range(len(config.layer_sizes))]
+    owners = [nid for ids in ids_by_layer for nid in ids] + [COORDINATOR]
+    count = checkpoints.common_count(run.path, owners)
+    if count is None:
+        raise checkpoints.CheckpointError(
+            f"{run.path}: no checkpoint that every neuron and the coordinator share"
+        )
+    parameters = checkpoints.assemble(run.path, parameters_module.initial(config), ids_by_layer, count)
+    position = checkpoints.load(run.path, COORDINATOR, count)
+    return Resumption(run, count, parameters, position)
+
+
+def learn(config_path: str | Path | None = None, resume: str | Path | None = None, out=print) -> int:  # noqa: ANN001
+    """Train a config through the process network (or resume a run); returns the exit code."""
     try:
-        config, data = prepare(config_path)
+        resumption = None
+        if resume is not None:
+            run = resolve(resume)
+            if not run.config.exists():
+                raise ConfigError(f"{run.path}: not a run directory (no config.yaml)")
+            config, data = prepare(run.config)
+            resumption = find_resumption(run, config)
+        else:
+            config, data = prepare(config_path)
         sockets = transport.socket_dir() if config.runtime.transport == "ipc" else None
-    except (ConfigError, DatasetError, transport.TransportError, OSError) as exc:
+    except (ConfigError, DatasetError, transport.TransportError, checkpoints.CheckpointError, OSError) as exc:
         print(f"exmachina: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        return _learn(config, data, sockets, out)
+        return _learn(config, data, sockets, resumption, out)
     finally:
         if sockets is not None:
             shutil.rmtree(sockets, ignore_errors=True)
 
 
-def _learn(config: Config, data: datasets.Dataset, sockets: Path | None, out) -> int:  # noqa: ANN001
+def _learn(
+    config: Config, data: datasets.Dataset, sockets: Path | None, resumption: Resumption | None, out
+) -> int:  # noqa: ANN001
     try:
         _set_title("exmachina: supervisor")
         rt = config.runtime
@@ -68,7 +104,18 @@ def _learn(config: Config, data: datasets.Dataset, sockets: Path | None, out) ->
         print(f"exmachina: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     train, holdout = datasets.split(data, config.data.holdout, config.seed)
-    run = RunDir.create(config)
+    if resumption is None:
+        run, start, updates, position = RunDir.create(config), parameters_module.initial(config), 0, None
+    else:
+        run, start, updates, position = (
+            resumption.run,
+            resumption.parameters,
+            resumption.count,
+            resumption.position,
+        )
+        ids = [s.id for s in topology.neurons(config, start)] + [COORDINATOR]
+        checkpoints.discard_after(run.path, ids, updates)
+        run.truncate_metrics(position["epoch"])
     site = Site(
         rt.transport,
         str(sockets) if sockets else rt.host,
@@ -78,8 +125,9 @@ def _learn(config: Config, data: datasets.Dataset, sockets: Path | None, out) ->
         rt.log_max_bytes,
         rt.log_backups,
         rt.stats_interval,
+        rt.checkpoint_every,
     )
-    specs = topology.neurons(config, parameters.initial(config))
+    specs = topology.neurons(config, start, updates)
     children = [
         ChildSpec(
             id=s.id,
@@ -91,12 +139,14 @@ def _learn(config: Config, data: datasets.Dataset, sockets: Path | None, out) ->
         )
         for s in specs
     ]
+    # The coordinator is not restarted: if it dies the run stops (the model is rebuilt from the neurons'
+    # checkpoints) and `exmachina learn --resume RUN` takes up from the last consistent checkpoint.
     children.append(
         ChildSpec(
             id=COORDINATOR,
             target=coordinate,
-            args=(config, site, train, holdout if config.data.holdout else None),
-            restart="transient",
+            args=(config, site, train, holdout if config.data.holdout else None, position),
+            restart="temporary",
             significant=True,
             shutdown=60.0,
             title="exmachina: coordinator",
@@ -127,7 +177,8 @@ def _learn(config: Config, data: datasets.Dataset, sockets: Path | None, out) ->
     previous = {s: signal.signal(s, on_signal) for s in SIGNAL_EXIT}
     memory = _PeakMemory()
     try:
-        out(f"exmachina: {len(specs)} neurons + coordinator, run directory {run.path}")
+        verb = f"resuming at update {updates}" if resumption else "run directory"
+        out(f"exmachina: {len(specs)} neurons + coordinator, {verb} {run.path}")
         sup.start()
         memory.start()
         outcome = sup.run()
@@ -138,10 +189,15 @@ def _learn(config: Config, data: datasets.Dataset, sockets: Path | None, out) ->
             signal.signal(s, handler)
         close_log(log)
     summary = run.read_summary() or {"status": "failed"}
+    code = outcome.exitcodes.get(COORDINATOR)
+    crashed = outcome.reason == "intensity_exceeded" or (not received and code not in (0, EXIT_STALLED))
+    if crashed:
+        summary["status"] = "crashed"
+        summary["model_from_checkpoints"] = _model_from_checkpoints(config, run)
     summary.update(
         processes=len(children) + 1,
         peak_rss_mb=round(memory.peak / 2**20, 1),
-        restarts=outcome.restarts,
+        supervisor_restarts=outcome.restarts,
         supervisor_outcome=outcome.reason,
     )
     run.write_summary(summary)
@@ -150,15 +206,34 @@ def _learn(config: Config, data: datasets.Dataset, sockets: Path | None, out) ->
         return SIGNAL_EXIT[received[0]]
     if outcome.reason == "intensity_exceeded":
         print(
-            f"exmachina: too many restarts (more than {rt.max_restarts} in {rt.restart_period:g} s): "
-            f"run stopped, see {run.log('supervisor')}",
+            f"exmachina: too many restarts (more than {rt.max_restarts} in {rt.restart_period:g} s): run "
+            f"stopped, see {run.log('supervisor')}; resume with: exmachina learn --resume {run.path}",
             file=sys.stderr,
         )
         return EXIT_FAILED
-    code = outcome.exitcodes.get(COORDINATOR)
+    if crashed:
+        print(
+            f"exmachina: the coordinator died (exit code {code}); resume with: exmachina learn --resume "
+            f"{run.path}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     if summary.get("status") == "stalled":
         return EXIT_STALLED
     return EXIT_OK if code == 0 and summary.get("status") == "completed" else EXIT_FAILED
+
+
+def _model_from_checkpoints(config: Config, run: RunDir) -> int | None:
+    """Save what can be saved: model.npz from the newest checkpoint every neuron shares."""
+    ids_by_layer = [topology.layer_ids(config, i) for i in range(len(config.layer_sizes))]
+    count = checkpoints.common_count(run.path, [nid for ids in ids_by_layer for nid in ids])
+    if count is None:
+        return None
+    try:
+        checkpoints.assemble(run.path, parameters_module.initial(config), ids_by_layer, count).save(run.model)
+    except checkpoints.CheckpointError:
+        return None
+    return count
 
 
 def _describe(s: dict, run: RunDir) -> str:
@@ -225,7 +300,13 @@ class _PeakMemory:
 
 
 def main(
-    config: Annotated[Path, typer.Option("--config", "-c", help="YAML config, e.g. configs/xor.yaml")],
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML config, e.g. configs/xor.yaml")
+    ] = None,
+    resume: Annotated[str | None, typer.Option(help="a stopped or crashed run to continue")] = None,
 ) -> None:
     """Train a network in which every neuron is its own process."""
-    raise typer.Exit(learn(config))
+    if (config is None) == (resume is None):
+        print("exmachina: give --config FILE or --resume RUN", file=sys.stderr)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    raise typer.Exit(learn(config, resume))

@@ -1,0 +1,115 @@
+"""Checkpoints: each neuron saves its own state; the coordinator saves where it is in the data.
+
+    checkpoints/<neuron>.<count>.ckpt     weights, bias and update count of one neuron
+    checkpoints/coordinator.<count>.ckpt  epoch, position in the epoch's order, scores so far
+
+`count` is the number of training samples the whole network had completed. Every file is written
+aside and renamed into place, so a file with a final name is always whole (a `.tmp` is never read).
+No fsync: the rename guards against a killed process, the failure this design expects; a power cut
+may lose the newest files, and a resume then takes an older cut. Each process keeps its last KEEP
+files; the newest count that every process has is a consistent cut, from which a run resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+
+KEEP = 3
+_NAME = re.compile(r"^(?P<id>.+)\.(?P<count>\d{12})\.ckpt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that exists but cannot be trusted."""
+
+
+def directory(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def save(run_dir: str | Path, owner: str, count: int, state: dict[str, Any]) -> Path:
+    """Atomically write one checkpoint and prune the owner's old ones."""
+    folder = directory(run_dir)
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{owner}.{count:012d}.ckpt"
+    tmp = folder / f".{path.name}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(msgpack.packb({"owner": owner, "count": count, **state}, use_bin_type=True))
+    os.replace(tmp, path)
+    for old in counts(run_dir, owner)[:-KEEP]:
+        (folder / f"{owner}.{old:012d}.ckpt").unlink(missing_ok=True)
+    return path
+
+
+def counts(run_dir: str | Path, owner: str) -> list[int]:
+    """The counts this owner has checkpoints for, oldest first (never half-written files)."""
+    folder = directory(run_dir)
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.glob(f"{owner}.*.ckpt"):
+        match = _NAME.match(path.name)
+        if match and match["id"] == owner:
+            found.append(int(match["count"]))
+    return sorted(found)
+
+
+def load(run_dir: str | Path, owner: str, count: int) -> dict[str, Any]:
+    path = directory(run_dir) / f"{owner}.{count:012d}.ckpt"
+    try:
+        state = msgpack.unpackb(path.read_bytes(), raw=False)
+    except Exception as exc:  # any decoding failure means the file cannot be trusted
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("owner") != owner or state.get("count") != count:
+        raise CheckpointError(f"{path}: not a checkpoint of {owner} at {count}")
+    return state
+
+
+def latest(run_dir: str | Path, owner: str) -> dict[str, Any] | None:
+    """The owner's newest checkpoint, or None; raises CheckpointError if it is damaged."""
+    found = counts(run_dir, owner)
+    return load(run_dir, owner, found[-1]) if found else None
+
+
+def common_count(run_dir: str | Path, owners: Iterable[str]) -> int | None:
+    """The newest count every owner has a checkpoint for: a consistent cut, or None."""
+    shared: set[int] | None = None
+    for owner in owners:
+        mine = set(counts(run_dir, owner))
+        shared = mine if shared is None else shared & mine
+    return max(shared) if shared else None
+
+
+def neuron_state(weights: np.ndarray, bias: float, updates: int) -> dict[str, Any]:
+    return {"bias": float(bias), "weights": weights.astype("<f8").tobytes(), "updates": updates}
+
+
+def weights_of(state: dict[str, Any]) -> np.ndarray:
+    return np.frombuffer(state["weights"], dtype="<f8").copy()
+
+
+def assemble(run_dir: str | Path, initial: Any, ids_by_layer: list[tuple[str, ...]], count: int) -> Any:
+    """The whole network's parameters at one count, from every neuron's own checkpoint.
+    `initial` gives the shapes (a Parameters); it is copied, not changed."""
+    parameters = initial.copy()
+    last = len(ids_by_layer) - 1
+    for layer, ids in enumerate(ids_by_layer):
+        for index, nid in enumerate(ids):
+            state = load(run_dir, nid, count)
+            parameters.biases[layer][index] = state["bias"]
+            if layer < last:
+                parameters.axons[layer][index] = weights_of(state)
+    return parameters
+
+
+def discard_after(run_dir: str | Path, owners: Iterable[str], count: int) -> None:
+    """Forget checkpoints beyond a cut: a resumed run starts from the cut, not from any one of them."""
+    for owner in owners:
+        for newer in (c for c in counts(run_dir, owner) if c > count):
+            (directory(run_dir) / f"{owner}.{newer:012d}.ckpt").unlink()
