@@ -12,6 +12,7 @@ import collections
 import logging
 import os
 import signal
+import sys
 import time
 
 import numpy as np
@@ -149,6 +150,8 @@ class Neuron:
             return
         net, activity = fire(np.sum(inputs), self.bias, self.activation)  # 2. own activity
         if kind == wire.FORWARD:
+            if len(self.fired) >= MAX_PENDING:  # stray traffic must not grow memory without bound
+                self.forget(next(iter(self.fired)))
             self.fired[sample] = (net, activity)
             self.activity_sum += float(activity)
         self.sent += self.axon.transmit(kind, sample, activity, self.spec.index)  # 3-4. weight, send on
@@ -210,7 +213,13 @@ def serve(spec: NeuronSpec, site: Site) -> None:
         spec.learn_bias,
         _fmt(spec.axon),
     )
-    process = NeuronProcess(spec, site, log)
+    try:
+        process = NeuronProcess(spec, site, log)
+    except Exception as exc:  # e.g. a damaged checkpoint: the traceback goes to the log, one line out
+        log.exception("crashed on start")
+        close_log(log)
+        print(f"exmachina: neuron {spec.id} crashed on start: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     try:
         process.run()
     finally:
@@ -226,7 +235,8 @@ class NeuronProcess:
         self.spec, self.site, self.log = spec, site, log
         self.neuron = Neuron(spec, log)
         state = checkpoints.latest(site.run_dir, spec.id)  # a damaged file raises: crash on start
-        if state is not None and state["updates"] > spec.updates:
+        self.restored = state is not None and state["updates"] > spec.updates
+        if self.restored:
             self.neuron.restore(state)
             log.info(
                 "restarted: restored checkpoint at update %d: bias=%+.4f axon=%s",
@@ -333,14 +343,15 @@ class NeuronProcess:
                 len(downstream),
                 _peers(spec.downstream),
             )
-            if network_updates != n.updates:
+            if self.restored or network_updates != n.updates:
                 self.log.warning(
-                    "lost %d updates: weights stand at update %d, the network at %d",
+                    "restart: lost %d updates (weights stand at update %d, the network at %d)",
                     network_updates - n.updates,
                     n.updates,
                     network_updates,
                 )
                 n.updates = n.reported_updates = network_updates
+                self.restored = False
             self.coordinator.send(wire.encode(wire.READY, spec.id))
         elif kind == wire.SNAPSHOT:
             state = [float(n.bias), n.axon.weights.tolist(), n.updates]
