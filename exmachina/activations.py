@@ -47,30 +47,31 @@ ACTIVATIONS: dict[str, Activation] = {
 
 @dataclass(frozen=True)
 class Loss:
-    """A loss over the whole output vector and its gradient dL/da with respect to the outputs."""
+    """A loss over the whole output vector and its gradient dL/da with respect to the outputs.
+    Outputs run along axis 0; a second axis, if any, is the batch (one loss per sample)."""
 
     name: str
-    value: Callable[[np.ndarray, np.ndarray], float]
+    value: Callable[[np.ndarray, np.ndarray], Array]
     grad: Callable[[np.ndarray, np.ndarray], np.ndarray]
     needs_identity_outputs: bool
 
 
 def _softmax(a: np.ndarray) -> np.ndarray:
-    e = np.exp(a - np.max(a))
-    return e / np.sum(e)
+    e = np.exp(a - np.max(a, axis=0))
+    return e / np.sum(e, axis=0)
 
 
-def _cross_entropy(a: np.ndarray, y: np.ndarray) -> float:
-    shifted = a - np.max(a)
-    log_p = shifted - np.log(np.sum(np.exp(shifted)))
-    return float(-np.sum(y * log_p))
+def _cross_entropy(a: np.ndarray, y: np.ndarray) -> Array:
+    shifted = a - np.max(a, axis=0)
+    log_p = shifted - np.log(np.sum(np.exp(shifted), axis=0))
+    return -np.sum(y * log_p, axis=0)
 
 
 LOSSES: dict[str, Loss] = {
     # The original's loss: half the squared error, so that dL/da is simply (a - y).
     "squared_error": Loss(
         "squared_error",
-        lambda a, y: float(0.5 * np.sum((a - y) ** 2)),
+        lambda a, y: 0.5 * np.sum((a - y) ** 2, axis=0),
         lambda a, y: a - y,
         needs_identity_outputs=False,
     ),

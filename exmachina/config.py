@@ -52,6 +52,8 @@ class TrainingConfig:
     target_loss: float | None = None  # stop early once an epoch's mean loss falls below this
     shuffle: bool = True
     stall_timeout: float = 30.0  # seconds without progress before a sample counts as lost
+    batch_size: int = 1  # samples per synapse message; weights move by the batch mean (1: online)
+    max_in_flight: int = 1  # batches in the network at once; 1 is exact SGD, more is pipelined
 
 
 @dataclass(frozen=True)
@@ -263,6 +265,10 @@ def _check(c: Config) -> None:
         _fail(s, "training.learning_rate", f"must be positive, got {t.learning_rate}")
     if t.epochs < 1:
         _fail(s, "training.epochs", f"must be at least 1, got {t.epochs}")
+    if t.batch_size < 1:
+        _fail(s, "training.batch_size", f"must be at least 1, got {t.batch_size}")
+    if t.max_in_flight < 1:
+        _fail(s, "training.max_in_flight", f"must be at least 1, got {t.max_in_flight}")
     if t.stall_timeout <= 0:
         _fail(s, "training.stall_timeout", "must be positive")
     if LOSSES[t.loss].needs_identity_outputs and c.activation(len(layers) - 1) != "identity":

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +40,7 @@ STARTUP_TIMEOUT_S = 60.0
 STOP_GRACE_S = 0.5  # on SIGTERM: for the sample in flight, then for the final checkpoint (the
 # lifeline gives an orphaned coordinator 2 s in all before it is killed)
 MAX_REPLAYS = 3  # a sample that stalls this many times running ends the run
+EVAL_BATCH = 64  # rows per message when only evaluating
 
 
 class Stalled(RuntimeError):
@@ -63,12 +65,57 @@ class Peer:
 
 
 @dataclass
+class Flight:
+    """One batch on its way through the network (rows of x and y are its samples)."""
+
+    rows: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    kind: int  # FORWARD (learning) or INFER
+    outputs: np.ndarray | None = None  # (outputs, batch) as they arrive
+    seen: set = field(default_factory=set)
+    output: np.ndarray | None = None  # all outputs, once in
+    errors_sent: bool = False
+    back: set = field(default_factory=set)  # input neurons whose error came back
+
+    def take(self, message: list, outputs: int, inputs: int) -> bool:
+        """Take one synapse message addressed to this batch; False if it is not one of ours."""
+        kind, _, sender, data = message
+        batch = len(self.rows)
+        if kind == self.kind and self.output is None and 0 <= sender < outputs and sender not in self.seen:
+            values = wire.values(data)
+            if len(values) != batch:
+                return False
+            if self.outputs is None:
+                self.outputs = np.zeros((outputs, batch))
+            self.outputs[sender] = values
+            self.seen.add(sender)
+            if len(self.seen) == outputs:
+                self.output = self.outputs
+            return True
+        if kind == wire.BACKWARD and self.errors_sent and 0 <= sender < inputs and sender not in self.back:
+            self.back.add(sender)
+            return True
+        return False
+
+    def done(self, inputs: int) -> bool:
+        """Forward-only: once the outputs are in. Learning: once every input neuron's error is back."""
+        if self.kind == wire.INFER:
+            return self.output is not None
+        return self.errors_sent and len(self.back) == inputs
+
+    def restart(self) -> Flight:
+        return Flight(self.rows, self.x, self.y, self.kind)
+
+
+@dataclass
 class Position:
     """Where training stands; checkpointed with the neurons, so a run resumes exactly here."""
 
     epoch: int = 0  # the epoch in progress, from 0
     index: int = 0  # the next row of that epoch's order
-    completed: int = 0  # training samples the network has completed: every neuron's update count
+    updates: int = 0  # batches the network has learnt from: every neuron's update count
+    samples: int = 0  # training samples seen
     losses: list[float] = field(default_factory=list)  # this epoch's, so far
     correct: list[bool] = field(default_factory=list)  # this epoch's, so far
     recent: list[bool] = field(default_factory=list)  # the last RECENT, across epochs
@@ -180,7 +227,7 @@ class Coordinator:
             "time": time.time(),
             "sample": self.sample,
             "dropped": self.dropped,
-            "completed": self.position.completed,
+            "updates": self.position.updates,
             "restarts": self.restarts,
         }
         write_json(self.run.stats, {"coordinator": me, "neurons": self.stats})
@@ -232,7 +279,7 @@ class Coordinator:
             upstream = (
                 me if layer == 0 else [self.peers[n].endpoints["backward"] for n in self.layers[layer - 1]]
             )
-            message = [wire.VERSION, downstream, upstream, self.position.completed]
+            message = [wire.VERSION, downstream, upstream, self.position.updates]
             self.peers[nid].control.send(wire.encode(wire.WIRE, *message))
         waiting = set(ids)
         while waiting:
@@ -247,7 +294,7 @@ class Coordinator:
         peer = self.peers[nid]
         moved = endpoints != peer.endpoints
         peer.pid, peer.endpoints, peer.updates = pid, endpoints, updates
-        lost = self.position.completed - updates
+        lost = self.position.updates - updates
         self.restarted.append(nid)
         self.restarts += 1
         self.log.warning(
@@ -264,7 +311,7 @@ class Coordinator:
                 "neuron": nid,
                 "pid": pid,
                 "sample": self.sample,
-                "completed": self.position.completed,
+                "updates": self.position.updates,
                 "updates_lost": lost,
                 "detected": time.time(),
             }
@@ -276,8 +323,8 @@ class Coordinator:
             ]
             self.restarted.extend(n for n in neighbours if n not in self.restarted)
 
-    def recover(self) -> None:
-        """Wire restarted neurons back in and drop the sample in flight everywhere."""
+    def recover(self, dropped: list[int]) -> None:
+        """Wire restarted neurons back in and have every neuron drop the samples in flight."""
         started = time.monotonic()
         deadline = started + STARTUP_TIMEOUT_S
         while self.restarted:
@@ -288,61 +335,94 @@ class Coordinator:
                 self._wire(ids, deadline)
             except Restarted:
                 self.restarted = ids + self.restarted  # another one came back meanwhile: wire all
-        self.abandoned.append(self.sample)
-        for peer in self.peers.values():
-            peer.control.send(wire.encode(wire.DROP, self.sample))
+        self.abandoned.extend(dropped)
+        for sample in dropped:
+            for peer in self.peers.values():
+                peer.control.send(wire.encode(wire.DROP, sample))
         self.log.info(
-            "wired back in after %.3f s; sample %d dropped, replaying",
-            time.monotonic() - started,
-            self.sample,
+            "wired back in after %.3f s; dropped %s, replaying", time.monotonic() - started, dropped
         )
-        self.run.append_metrics({"event": "recovered", "sample": self.sample, "resumed": time.time()})
+        self.run.append_metrics({"event": "recovered", "dropped": dropped, "resumed": time.time()})
 
-    def resilient(self, step):  # noqa: ANN001, ANN201 - any zero-argument step
-        """Run one step (a sample, a snapshot); after a restart or a stall, recover and run it again."""
-        stalls = 0
-        while True:
-            try:
-                return step()
-            except Restarted:
-                self.recover()
-            except Stalled as exc:
-                stalls += 1
-                if stalls >= MAX_REPLAYS:
-                    raise
-                self.log.warning("sample %d stalled (%s): dropping and replaying it", self.sample, exc)
-                self.restarted = []
-                self.recover()
+    # -- samples --------------------------------------------------------------------------------
 
-    # -- one sample -----------------------------------------------------------------------------
-
-    def present(self, x: np.ndarray, kind: int) -> np.ndarray:
-        """Send one input vector through the network; returns the output activities."""
+    def _launch(self, flight: Flight) -> int:
+        """Send a batch's inputs to the sensors under a fresh sample id."""
         self.sample += 1
-        for nid, value in zip(self.inputs, x.tolist()):
-            self.sensors[nid].send(wire.encode(kind, self.sample, 0, value))
-        return self._gather(kind, self.sample, len(self.outputs))
+        for nid, column in zip(self.inputs, flight.x.T):
+            self.sensors[nid].send(wire.encode(flight.kind, self.sample, 0, wire.payload(column)))
+        return self.sample
 
-    def _learn(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-        output = self.present(x, wire.FORWARD)
-        gradient = self.loss.grad(output, y)
-        for nid, value in zip(self.outputs, gradient.tolist()):
-            self.error_links[nid].send(wire.encode(wire.BACKWARD, self.sample, 0, value))
-        self._gather(wire.BACKWARD, self.sample, len(self.inputs))
-        return self.loss.value(output, y), output
-
-    def learn(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-        """One exact online SGD step through the whole network (replayed after a restart)."""
-        return self.resilient(lambda: self._learn(x, y))
+    def stream(self, batches: Iterable[Flight], in_flight: int) -> Iterator[Flight]:
+        """Keep up to `in_flight` batches in the network; yield each as it completes: a forward-only
+        batch when its outputs are in, a learning one when every input neuron has sent its error back
+        (every weight has moved). After a restart or a stall, the batches in flight are dropped
+        everywhere and sent again under new ids."""
+        waiting = iter(batches)
+        flights: dict[int, Flight] = {}
+        exhausted, stalls = False, 0
+        timeout = self.config.training.stall_timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            while not exhausted and len(flights) < in_flight:
+                flight = next(waiting, None)
+                if flight is None:
+                    exhausted = True
+                else:
+                    flights[self._launch(flight)] = flight
+            if not flights:
+                return
+            try:
+                message = self._receive(deadline)
+            except (Restarted, Stalled) as exc:
+                if isinstance(exc, Stalled):
+                    stalls += 1
+                    if stalls >= MAX_REPLAYS:
+                        raise
+                    self.log.warning("samples %s stalled (%s): dropping and replaying", list(flights), exc)
+                self.recover(list(flights))
+                fresh = [flight.restart() for flight in flights.values()]
+                flights = {self._launch(flight): flight for flight in fresh}
+                deadline = time.monotonic() + timeout
+                continue
+            flight = flights.get(message[1]) if message[0] in wire.SYNAPSE_KINDS else None
+            if flight is None or not flight.take(message, len(self.outputs), len(self.inputs)):
+                self._aside(message)
+                continue
+            deadline = time.monotonic() + timeout
+            if flight.kind == wire.FORWARD and flight.output is not None and flight.errors_sent is False:
+                gradient = self.loss.grad(flight.output, flight.y.T)
+                for nid, row in zip(self.outputs, gradient):
+                    self.error_links[nid].send(wire.encode(wire.BACKWARD, message[1], 0, wire.payload(row)))
+                flight.errors_sent = True
+            if flight.done(len(self.inputs)):
+                del flights[message[1]]
+                yield flight
 
     def evaluate(self, data: Dataset) -> tuple[float, float, np.ndarray]:
-        """(mean loss, accuracy, outputs) of a forward-only pass: nothing learns."""
-        outputs = np.array([self.resilient(lambda x=x: self.present(x, wire.INFER)) for x in data.inputs])
-        losses = [self.loss.value(o, y) for o, y in zip(outputs, data.targets)]
+        """(mean loss, accuracy, outputs) of a forward-only pass: nothing learns, so rows travel
+        EVAL_BATCH to a message whatever the training batch size."""
+        chunks = [np.arange(i, min(i + EVAL_BATCH, len(data))) for i in range(0, len(data), EVAL_BATCH)]
+        batches = (Flight(rows, data.inputs[rows], data.targets[rows], wire.INFER) for rows in chunks)
+        outputs = np.zeros(data.targets.shape)
+        for flight in self.stream(batches, self.config.training.max_in_flight):
+            outputs[flight.rows] = flight.output.T
+        losses = self.loss.value(outputs.T, data.targets.T)
         return float(np.mean(losses)), accuracy(outputs, data.targets), outputs
 
-    def collect(self, kind: int, request: int, timeout: float | None = None) -> Parameters:
+    def collect(
+        self, kind: int, request: int, timeout: float | None = None, retry: bool = True
+    ) -> Parameters:
         """Every weight and bias as the neurons report them (SNAPSHOT), also saved (CHECKPOINT)."""
+        while True:
+            try:
+                return self._collect(kind, request, timeout)
+            except Restarted:
+                if not retry:
+                    raise
+                self.recover([])
+
+    def _collect(self, kind: int, request: int, timeout: float | None) -> Parameters:
         for peer in self.peers.values():
             peer.control.send(wire.encode(kind, request))
         sizes = self.config.layer_sizes
@@ -350,18 +430,24 @@ class Coordinator:
         biases = [np.zeros(s) for s in sizes]
         pending = set(self.peers)
         deadline = time.monotonic() + (timeout or self.config.training.stall_timeout)
-        while pending:
-            message = self._receive(deadline)
-            if message[0] != wire.STATE or message[2] != request or message[1] not in pending:
-                self._aside(message)
-                continue
-            _, nid, _, bias, weights, _updates = message
-            pending.discard(nid)
-            layer = self.layer_of[nid]
-            index = self.layers[layer].index(nid)
-            biases[layer][index] = bias
-            if layer < len(sizes) - 1:
-                axons[layer][index] = weights
+        traffic: list[list] = []  # synapse messages of batches in flight: theirs, kept for later
+        try:
+            while pending:
+                message = self._receive(deadline)
+                if message[0] in wire.SYNAPSE_KINDS:
+                    traffic.append(message)
+                elif message[0] != wire.STATE or message[2] != request or message[1] not in pending:
+                    self._aside(message)
+                else:
+                    _, nid, _, bias, weights, _updates = message
+                    pending.discard(nid)
+                    layer = self.layer_of[nid]
+                    index = self.layers[layer].index(nid)
+                    biases[layer][index] = bias
+                    if layer < len(sizes) - 1:
+                        axons[layer][index] = weights
+        finally:
+            self.backlog.extendleft(reversed(traffic))
         c = self.config
         layers = range(len(sizes))
         return Parameters(
@@ -375,24 +461,25 @@ class Coordinator:
     def checkpoint(self, final: bool = False) -> Parameters:
         """Every neuron saves itself at the current count, then the coordinator saves its position.
         The `final` one (on a stop) is a single short try: the neurons may be going down too."""
-        count = self.position.completed
+        count = self.position.updates
         if final:
-            parameters = self.collect(wire.CHECKPOINT, count, STOP_GRACE_S)
+            parameters = self.collect(wire.CHECKPOINT, count, STOP_GRACE_S, retry=False)
         else:
-            parameters = self.resilient(lambda: self.collect(wire.CHECKPOINT, count))
+            parameters = self.collect(wire.CHECKPOINT, count)
         checkpoints.save(self.run.path, COORDINATOR, count, dataclasses.asdict(self.position))
         return parameters
 
     def publish(self, parameters: Parameters | None = None) -> None:
         """Live state for the viewer: the neurons' own weights and the latest predictions."""
-        request = -self.sample  # snapshots never collide with checkpoint counts
-        parameters = parameters or self.resilient(lambda: self.collect(wire.SNAPSHOT, request))
+        parameters = parameters or self.collect(wire.SNAPSHOT, -self.sample)  # never a checkpoint count
         parameters.save(self.run.snapshot)
+        p = self.position
         write_json(
             self.run.predictions,
             {
-                "epoch": self.position.epoch + 1,
-                "samples": self.position.completed,
+                "epoch": p.epoch + (1 if p.index else 0),
+                "samples": p.samples,
+                "updates": p.updates,
                 "time": time.time(),
                 "recent": list(self.recent_predictions),
             },
@@ -400,38 +487,55 @@ class Coordinator:
 
     # -- the whole run --------------------------------------------------------------------------
 
+    def _batches(self, train: Dataset, order: np.ndarray) -> Iterator[Flight]:
+        """The rest of this epoch's order, a batch at a time; stops early when a stop is asked."""
+        size = self.config.training.batch_size
+        for start in range(self.position.index, len(order), size):
+            if self.stop_requested_at is not None:
+                return
+            rows = order[start : start + size]
+            yield Flight(rows, train.inputs[rows], train.targets[rows], wire.FORWARD)
+
+    def _learnt(self, flight: Flight) -> None:
+        """Book one completed batch: scores, position, and the periodic checkpoint and snapshot."""
+        c, p = self.config, self.position
+        losses = self.loss.value(flight.output, flight.y.T)
+        predicted, wanted = predictions(flight.output.T), predictions(flight.y)
+        for row, loss, pred, want, x, out in zip(
+            flight.rows, losses, predicted, wanted, flight.x, flight.output.T
+        ):
+            p.losses.append(float(loss))
+            p.correct.append(bool(pred == want))
+            self.recent_predictions.append(
+                {
+                    "row": int(row),
+                    "input": x.tolist(),
+                    "output": out.tolist(),
+                    "predicted": int(pred),
+                    "target": int(want),
+                }
+            )
+        p.recent = (p.recent + p.correct[-len(flight.rows) :])[-RECENT:]
+        p.index += len(flight.rows)
+        p.samples += len(flight.rows)
+        p.updates += 1
+        if c.runtime.checkpoint_every and p.updates % c.runtime.checkpoint_every == 0:
+            checkpoints.save(self.run.path, COORDINATOR, p.updates, dataclasses.asdict(p))
+        if c.runtime.snapshot_every and p.updates % c.runtime.snapshot_every == 0:
+            self.publish()
+
     def train(self, train: Dataset, holdout: Dataset | None, progress: Progress) -> dict:
         c, t, p = self.config, self.config.training, self.position
-        started, first = time.monotonic(), p.completed
+        started, first = time.monotonic(), p.samples
         status = "completed"
         try:
             while p.epoch < t.epochs:
-                epoch_started, epoch_first = time.monotonic(), p.completed
+                epoch_started, epoch_first = time.monotonic(), p.samples
                 order = epoch_order(c.seed, p.epoch, len(train), t.shuffle)
-                while p.index < len(order):
-                    if self.stop_requested_at is not None:
-                        raise Stopped
-                    row = order[p.index]
-                    loss, output = self.learn(train.inputs[row], train.targets[row])
-                    predicted, wanted = predictions(output)[0], predictions(train.targets[row])[0]
-                    p.index += 1
-                    p.completed += 1
-                    p.losses.append(loss)
-                    p.correct.append(bool(predicted == wanted))
-                    p.recent = (p.recent + [bool(predicted == wanted)])[-RECENT:]
-                    self.recent_predictions.append(
-                        {
-                            "row": int(row),
-                            "input": train.inputs[row].tolist(),
-                            "output": output.tolist(),
-                            "predicted": int(predicted),
-                            "target": int(wanted),
-                        }
-                    )
-                    if c.runtime.checkpoint_every and p.completed % c.runtime.checkpoint_every == 0:
-                        checkpoints.save(self.run.path, COORDINATOR, p.completed, dataclasses.asdict(p))
-                    if c.runtime.snapshot_every and p.completed % c.runtime.snapshot_every == 0:
-                        self.publish()
+                for flight in self.stream(self._batches(train, order), t.max_in_flight):
+                    self._learnt(flight)
+                if self.stop_requested_at is not None:
+                    raise Stopped
                 elapsed = time.monotonic() - epoch_started
                 record = {
                     "event": "epoch",
@@ -439,8 +543,8 @@ class Coordinator:
                     "loss": float(np.mean(p.losses)),
                     "accuracy": float(np.mean(p.correct)),
                     "recent_accuracy": float(np.mean(p.recent)),
-                    "samples": p.completed,
-                    "samples_per_s": (p.completed - epoch_first) / elapsed if elapsed > 0 else 0.0,
+                    "samples": p.samples,
+                    "samples_per_s": (p.samples - epoch_first) / elapsed if elapsed > 0 else 0.0,
                     "elapsed": time.monotonic() - started,
                 }
                 if holdout is not None:
@@ -460,22 +564,22 @@ class Coordinator:
                     break
         except Stopped:
             status = "stopped"
-            self.log.info("stop requested at update %d: checkpointing what the neurons know", p.completed)
+            self.log.info("stop requested at update %d: checkpointing what the neurons know", p.updates)
         except Stalled as exc:
             status = "stalled"
-            self.log.error("sample %d stalled %d times: %s", self.sample, MAX_REPLAYS, exc)
+            self.log.error("samples stalled %d times: %s", MAX_REPLAYS, exc)
         train_time = time.monotonic() - started
-        done = p.completed - first
         summary = {
             "status": status,
             "epochs": p.epoch,
-            "samples": p.completed,
+            "samples": p.samples,
+            "updates": p.updates,
             "train_time_s": train_time,
-            "samples_per_s": done / train_time if train_time else 0.0,
+            "samples_per_s": (p.samples - first) / train_time if train_time else 0.0,
             "restarts": self.restarts,
         }
         if status == "stopped":
-            # The sample in flight finished (or the neurons are going down too): a short, bounded try.
+            # The batches in flight finished (or the neurons are going down too): a short, bounded try.
             self.stop_requested_at = None
             try:
                 self.checkpoint(final=True).save(self.run.model)
@@ -511,7 +615,7 @@ def coordinate(
             "resuming at epoch %d, row %d, update %d",
             coordinator.position.epoch + 1,
             coordinator.position.index,
-            coordinator.position.completed,
+            coordinator.position.updates,
         )
     signal.signal(signal.SIGTERM, lambda *_: coordinator.request_stop())
     progress = Progress(config.training.epochs)

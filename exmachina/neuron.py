@@ -20,7 +20,7 @@ import zmq
 
 from exmachina import checkpoints, transport, wire
 from exmachina.activations import ACTIVATIONS
-from exmachina.learning import axon_gradient, descend, error, fire
+from exmachina.learning import axon_gradient, bias_gradient, descend, error, fire
 from exmachina.logs import close_log, open_log
 from exmachina.runs import RunDir, Site
 from exmachina.topology import NeuronSpec, socket_name
@@ -40,21 +40,23 @@ class Unexpected(ValueError):
 
 
 class Gathering:
-    """One value per synapse for one sample, kept in synapse order whatever order they arrive in."""
+    """One batch per synapse for one sample, kept in synapse order whatever order they arrive in."""
 
     __slots__ = ("values", "seen", "missing")
 
-    def __init__(self, synapses: int) -> None:
-        self.values = np.zeros(synapses)
+    def __init__(self, synapses: int, batch: int) -> None:
+        self.values = np.zeros((synapses, batch))
         self.seen = bytearray(synapses)
         self.missing = synapses
 
-    def put(self, synapse: int, value: float) -> bool:
-        """Store one value; True once every synapse has reported."""
+    def put(self, synapse: int, value: np.ndarray) -> bool:
+        """Store one synapse's batch; True once every synapse has reported."""
         if not 0 <= synapse < len(self.seen):
             raise Unexpected(f"no synapse {synapse} (have {len(self.seen)})")
         if self.seen[synapse]:
             raise Unexpected(f"synapse {synapse} already reported")
+        if len(value) != self.values.shape[1]:
+            raise Unexpected(f"batch of {len(value)} where this sample has {self.values.shape[1]}")
         self.seen[synapse] = 1
         self.values[synapse] = value
         self.missing -= 1
@@ -68,14 +70,14 @@ class Pending(dict):
         super().__init__()
         self.synapses, self.log, self.what = synapses, log, what
 
-    def put(self, sample: int, synapse: int, value: float) -> np.ndarray | None:
+    def put(self, sample: int, synapse: int, value: np.ndarray) -> np.ndarray | None:
         gathering = self.get(sample)
         if gathering is None:
             if len(self) >= MAX_PENDING:
                 oldest = next(iter(self))
                 del self[oldest]
                 self.log.warning("forgot half-gathered %s of sample %d (too many pending)", self.what, oldest)
-            gathering = self[sample] = Gathering(self.synapses)
+            gathering = self[sample] = Gathering(self.synapses, len(value))
         if gathering.put(synapse, value):
             del self[sample]
             return gathering.values
@@ -90,13 +92,13 @@ class Dendrites:
         self.incoming = Pending(len(peers), log, "activities")
         self.links: list[zmq.Socket] = []  # one PUSH back to each upstream peer, in synapse order
 
-    def send_back(self, sample: int, delta: float, me: int) -> int:
-        frame = wire.encode(wire.BACKWARD, sample, me, delta)
+    def send_back(self, sample: int, delta: np.ndarray, me: int) -> int:
+        frame = wire.encode(wire.BACKWARD, sample, me, wire.payload(delta))
         for link in self.links:
             link.send(frame)
         if self.log.isEnabledFor(logging.DEBUG):
             for peer in self.peers:
-                self.log.debug("send BACKWARD sample=%d to=%s value=%.6g", sample, peer, delta)
+                self.log.debug("send BACKWARD sample=%d to=%s value=%s", sample, peer, wire.show(delta))
         return len(self.links)
 
 
@@ -110,13 +112,14 @@ class Axon:
         self.errors = Pending(len(weights), log, "errors")
         self.links: list[zmq.Socket] = []  # one PUSH to each downstream peer, in synapse order
 
-    def transmit(self, kind: int, sample: int, activity: float, me: int) -> int:
-        weighted = (activity * self.weights).tolist()
+    def transmit(self, kind: int, sample: int, activity: np.ndarray, me: int) -> int:
+        weighted = np.multiply.outer(self.weights, activity)  # one batch per outgoing synapse
         for link, value in zip(self.links, weighted):
-            link.send(wire.encode(kind, sample, me, value))
+            link.send(wire.encode(kind, sample, me, wire.payload(value)))
         if self.log.isEnabledFor(logging.DEBUG):
             for peer, value in zip(self.peers, weighted):
-                self.log.debug("send %s sample=%d to=%s value=%.6g", wire.NAMES[kind], sample, peer, value)
+                name = wire.NAMES[kind]
+                self.log.debug("send %s sample=%d to=%s value=%s", name, sample, peer, wire.show(value))
         return len(self.links)
 
     def learn(self, gradient: np.ndarray, learning_rate: float) -> None:
@@ -135,12 +138,14 @@ class Neuron:
         self.dendrites = Dendrites(spec.upstream, log)
         self.axon = Axon(spec.axon.astype(float), spec.plastic_axon, spec.downstream, log)
         self.sent = 0
-        self.fired: dict[int, tuple[float, float]] = {}  # sample -> (net, activity), until its error
+        # sample -> (net, activity, the axon it was sent with), until its errors are back: with several
+        # samples in flight, a sample's error uses the weights it saw going forward (weight stashing)
+        self.fired: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.dropped: collections.deque[int] = collections.deque(maxlen=REMEMBER_DROPPED)
         self.updates = self.reported_updates = spec.updates
         self.activity_sum = self.error_sum = 0.0
 
-    def on_activity(self, kind: int, sample: int, synapse: int, value: float) -> None:
+    def on_activity(self, kind: int, sample: int, synapse: int, value: np.ndarray) -> None:
         if kind == wire.FORWARD and sample in self.fired:
             raise Unexpected(f"sample {sample} already fired")
         if sample in self.dropped:
@@ -148,38 +153,40 @@ class Neuron:
         inputs = self.dendrites.incoming.put(sample, synapse, value)  # 1. wait for every input synapse
         if inputs is None:
             return
-        net, activity = fire(np.sum(inputs), self.bias, self.activation)  # 2. own activity
+        net, activity = fire(np.sum(inputs, axis=0), self.bias, self.activation)  # 2. own activity
         if kind == wire.FORWARD:
             if len(self.fired) >= MAX_PENDING:  # stray traffic must not grow memory without bound
                 self.forget(next(iter(self.fired)))
-            self.fired[sample] = (net, activity)
-            self.activity_sum += float(activity)
+            self.fired[sample] = (net, activity, self.axon.weights.copy())
+            self.activity_sum += float(np.mean(activity))
         self.sent += self.axon.transmit(kind, sample, activity, self.spec.index)  # 3-4. weight, send on
 
-    def on_error(self, sample: int, synapse: int, value: float) -> bool:
+    def on_error(self, sample: int, synapse: int, value: np.ndarray) -> bool:
         """True once this sample's update is done."""
         if sample not in self.fired:
             raise Unexpected(f"error for sample {sample}, which this neuron has not fired")
         errors = self.axon.errors.put(sample, synapse, value)  # 5. wait for every downstream error
         if errors is None:
             return False
-        net, activity = self.fired.pop(sample)
-        delta = error(net, self.activation, self.axon.weights, errors)  # 6. own error, old weights
-        self.sent += self.dendrites.send_back(sample, float(delta), self.spec.index)  # 7. back to inputs
+        net, activity, sent_with = self.fired.pop(sample)
+        delta = error(net, self.activation, sent_with, errors)  # 6. own error, with the weights it saw
+        self.sent += self.dendrites.send_back(sample, delta, self.spec.index)  # 7. back to the inputs
         gradient = axon_gradient(activity, errors)  # 8. gradient of each outgoing weight
         self.axon.learn(gradient, self.spec.learning_rate)  # 9. update the weights
         if self.spec.learn_bias:
-            descend(self.bias, delta, self.spec.learning_rate)
+            descend(self.bias, bias_gradient(delta), self.spec.learning_rate)
         self.updates += 1
-        self.error_sum += abs(float(delta))
+        self.error_sum += float(np.mean(np.abs(delta)))
         if self.log.isEnabledFor(logging.DEBUG):
+            show = wire.show(delta)
             self.log.debug(
-                "update sample=%d delta=%.6g bias=%.6g weights=%s",
+                "update sample=%d delta=%s bias=%.6g weights=%s",
                 sample,
-                delta,
+                show,
                 self.bias,
                 _fmt(self.axon.weights),
             )
+        return True
 
     def forget(self, sample: int) -> None:
         """Drop every trace of a sample that will never complete (it is being replayed)."""
@@ -307,10 +314,10 @@ class NeuronProcess:
                 if sock is self.control:
                     running = self._control(message) and running
                 elif sock is self.forward_in and kind in (wire.FORWARD, wire.INFER):
-                    self.neuron.on_activity(kind, message[1], message[2], message[3])
+                    self.neuron.on_activity(kind, message[1], message[2], wire.values(message[3]))
                 elif sock is self.errors_in and kind == wire.BACKWARD:
                     every = self.site.checkpoint_every
-                    updated = self.neuron.on_error(message[1], message[2], message[3])
+                    updated = self.neuron.on_error(message[1], message[2], wire.values(message[3]))
                     if updated and every and self.neuron.updates % every == 0:
                         self._checkpoint()
                 else:

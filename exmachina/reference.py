@@ -12,7 +12,7 @@ import numpy as np
 
 from exmachina.activations import ACTIVATIONS, LOSSES, accuracy
 from exmachina.datasets import Dataset, epoch_order
-from exmachina.learning import axon_gradient, descend, error, fire
+from exmachina.learning import axon_gradient, bias_gradient, descend, error, fire
 from exmachina.parameters import Parameters
 
 
@@ -24,6 +24,8 @@ class EpochResult:
 
 
 class Reference:
+    """Layer activities are (neurons, batch) matrices: column b is sample b of the batch."""
+
     def __init__(self, parameters: Parameters, loss: str, learning_rate: float) -> None:
         self.p = parameters
         self.loss = LOSSES[loss]
@@ -33,46 +35,58 @@ class Reference:
         self.output_axon = np.eye(parameters.sizes[-1])
 
     def forward(self, x: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Nets and activities of every layer. The input layer's single synapse carries x itself."""
-        net, a = fire(x, self.p.biases[0], self.activations[0])
+        """Nets and activities of every layer for x of shape (inputs, batch). The input layer's single
+        synapse carries x itself."""
+        net, a = fire(x, self.p.biases[0][:, None], self.activations[0])
         nets, acts = [net], [a]
         for layer in range(1, len(self.p.biases)):
-            net, a = fire(a @ self.p.axons[layer - 1], self.p.biases[layer], self.activations[layer])
+            net, a = fire(
+                self.p.axons[layer - 1].T @ a, self.p.biases[layer][:, None], self.activations[layer]
+            )
             nets.append(net)
             acts.append(a)
         return nets, acts
 
     def predict(self, inputs: np.ndarray) -> np.ndarray:
-        return self.forward(np.atleast_2d(inputs))[1][-1]
+        """Outputs, one row per row of `inputs`."""
+        return self.forward(np.atleast_2d(inputs).T)[1][-1].T
 
-    def train_sample(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-        """One online SGD step; returns (loss, output) of the forward pass."""
-        nets, acts = self.forward(x)
+    def train_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One SGD step on a batch (rows are samples); returns (loss per sample, outputs by row)."""
+        nets, acts = self.forward(x.T)
         lr, last = self.learning_rate, len(acts) - 1
         output = acts[last]
-        downstream = self.loss.grad(output, y)
+        downstream = self.loss.grad(output, y.T)
         axon = self.output_axon
         for layer in range(last, -1, -1):
             delta = error(nets[layer], self.activations[layer], axon, downstream)
             if layer < last:
                 descend(self.p.axons[layer], axon_gradient(acts[layer], downstream), lr)
             if self.p.learn_bias[layer]:
-                descend(self.p.biases[layer], delta, lr)
+                descend(self.p.biases[layer], bias_gradient(delta), lr)
             if layer > 0:
                 axon, downstream = self.p.axons[layer - 1], delta
-        return self.loss.value(output, y), output
+        return self.loss.value(output, y.T), output.T
 
-    def train_epoch(self, data: Dataset, epoch: int, seed: int, shuffle: bool = True) -> EpochResult:
-        losses, outputs = [], []
+    def train_sample(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        """One online SGD step; returns (loss, output)."""
+        losses, outputs = self.train_batch(x[None, :], y[None, :])
+        return float(losses[0]), outputs[0]
+
+    def train_epoch(
+        self, data: Dataset, epoch: int, seed: int, shuffle: bool = True, batch_size: int = 1
+    ) -> EpochResult:
         order = epoch_order(seed, epoch, len(data), shuffle)
-        for row in order:
-            loss, output = self.train_sample(data.inputs[row], data.targets[row])
-            losses.append(loss)
-            outputs.append(output)
+        losses, outputs = [], []
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            loss, output = self.train_batch(data.inputs[rows], data.targets[rows])
+            losses.extend(loss)
+            outputs.extend(output)
         return EpochResult(epoch, float(np.mean(losses)), accuracy(np.array(outputs), data.targets[order]))
 
     def evaluate(self, data: Dataset) -> tuple[float, float]:
         """(mean loss, accuracy) without learning."""
         outputs = self.predict(data.inputs)
-        loss = np.mean([self.loss.value(o, y) for o, y in zip(outputs, data.targets)])
+        loss = np.mean(self.loss.value(outputs.T, data.targets.T))
         return float(loss), accuracy(outputs, data.targets)

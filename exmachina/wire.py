@@ -2,9 +2,12 @@
 
 The first element is always the kind. Synapse traffic, the hot path, is four small fields:
 
-    [FORWARD,  sample, sender, value]  activity of `sender`, already weighted by the sender's axon
-    [INFER,    sample, sender, value]  the same for a forward-only (evaluation) sample: nothing is kept
-    [BACKWARD, sample, sender, value]  the error (delta) of `sender`, back along the synapse
+    [FORWARD,  sample, sender, values]  activity of `sender`, already weighted by the sender's axon
+    [INFER,    sample, sender, values]  the same for a forward-only (evaluation) sample: nothing is kept
+    [BACKWARD, sample, sender, values]  the error (delta) of `sender`, back along the synapse
+
+`values` is raw little-endian float64 bytes: one value per sample of the batch (one, online), read
+with numpy.frombuffer; a "sample" id names the whole batch.
 
 `sender` is the sender's index in its layer, which is the receiver's synapse number; the
 coordinator is sender 0 to the input and output layers. Control traffic names neurons by id:
@@ -29,6 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+import numpy as np
 
 VERSION = 1
 
@@ -53,9 +57,9 @@ NAMES = {
 
 # The exact Python type of each field after the kind (msgpack gives exact int/float/str/list/dict).
 _SHAPES: dict[int, tuple[type, ...]] = {
-    FORWARD: (int, int, float),
-    INFER: (int, int, float),
-    BACKWARD: (int, int, float),
+    FORWARD: (int, int, bytes),
+    INFER: (int, int, bytes),
+    BACKWARD: (int, int, bytes),
     WIRE: (int, list, list, int),
     SNAPSHOT: (int,),
     DROP: (int,),
@@ -102,12 +106,32 @@ def decode(frame: bytes) -> list:
     return message
 
 
+def values(payload: bytes) -> np.ndarray:
+    """The batch a synapse message carries; raises WireError if it is not whole float64s."""
+    if not payload or len(payload) % 8:
+        raise WireError(f"a batch of float64 needs a multiple of 8 bytes, got {len(payload)}")
+    return np.frombuffer(payload, dtype="<f8")
+
+
+def payload(batch: np.ndarray) -> bytes:
+    return np.ascontiguousarray(batch, dtype="<f8").tobytes()
+
+
 def describe(message: list) -> str:
     """A short human form for logs: `FORWARD sample=17 sender=3 value=0.25`."""
     kind = message[0]
     if kind in SYNAPSE_KINDS:
-        return f"{NAMES[kind]} sample={message[1]} sender={message[2]} value={message[3]:.6g}"
+        return f"{NAMES[kind]} sample={message[1]} sender={message[2]} value={show(message[3])}"
     return f"{NAMES[kind]} {_short(message[1:])}"
+
+
+def show(data: bytes | np.ndarray) -> str:
+    """A batch for people: `0.25` online, `[0.25 0.5 ...](32)` for a batch."""
+    batch = values(data) if isinstance(data, bytes) else data
+    if len(batch) == 1:
+        return f"{batch[0]:.6g}"
+    head = " ".join(f"{v:.4g}" for v in batch[:3])
+    return f"[{head}{' ...' if len(batch) > 3 else ''}]({len(batch)})"
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -51,6 +53,16 @@ TOPOLOGIES = {
         "training": {"learning_rate": 2.0, "epochs": 10},
         "data": {"source": "csv", "path": "regress.csv", "targets": 2},
     },
+    # mini-batches of 8 (30 rows: the last batch of each epoch has 6), equal to the dense mini-batch step
+    "mini-batch-8-two-hidden": {
+        "name": "batched",
+        "seed": 12,
+        "network": layers(
+            ("input", 3, "identity"), ("h1", 4, "tanh"), ("h2", 3, "logistic"), ("out", 2, "identity")
+        ),
+        "training": {"learning_rate": 0.2, "epochs": 80, "loss": "softmax_cross_entropy", "batch_size": 8},
+        "data": {"source": "csv", "path": "onehot.csv", "targets": 2},
+    },
     # identity everywhere, with a learned input-layer bias too
     "identity-learned-input-bias": {
         "name": "linear",
@@ -78,9 +90,10 @@ def reference_after(config_path, epochs: int | None = None) -> tuple[Reference, 
     config = load_config(config_path)
     data = datasets.load(config)
     train, _ = datasets.split(data, config.data.holdout, config.seed)
-    reference = Reference(parameters.initial(config), config.training.loss, config.training.learning_rate)
-    for epoch in range(epochs or config.training.epochs):
-        reference.train_epoch(train, epoch, config.seed, config.training.shuffle)
+    t = config.training
+    reference = Reference(parameters.initial(config), t.loss, t.learning_rate)
+    for epoch in range(epochs or t.epochs):
+        reference.train_epoch(train, epoch, config.seed, t.shuffle, batch_size=t.batch_size)
     return reference, config
 
 
@@ -103,6 +116,7 @@ def test_process_network_equals_reference(tmp_path, name):
     reference, config = reference_after(path)
     samples = config.training.epochs * len(datasets.load(config))
     assert samples >= 300, "equivalence must hold over hundreds of samples"
+    assert samples / config.training.batch_size >= 300, "and over hundreds of updates"
     trained = Parameters.load(run / "model.npz")
     assert_same_parameters(trained, reference.p)
     # and the weights really moved: this is not a comparison of two untouched initial draws
@@ -134,3 +148,15 @@ def test_reference_learns_xor():
         reference.train_epoch(data, epoch, config.seed)
     loss, acc = reference.evaluate(data)
     assert acc == 1.0 and loss < 0.01
+
+
+def test_pipelined_training_still_learns(tmp_path):
+    """max_in_flight > 1: several samples in the network at once, each neuron using the weights a
+    sample saw going forward for its error (weight stashing). Not exact SGD, but it must learn."""
+    config = xor_config(
+        training={"learning_rate": 0.5, "epochs": 1500, "max_in_flight": 4, "target_loss": 0.01}
+    )
+    result = run_learn(write_config(tmp_path, config))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(next((tmp_path / "runs").glob("xor-*")).joinpath("summary.json").read_text())
+    assert summary["accuracy"] == 1.0 and summary["final_loss"] < 0.02, summary

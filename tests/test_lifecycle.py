@@ -7,6 +7,7 @@ import os
 import signal
 
 import msgpack
+import numpy as np
 import psutil
 import zmq
 
@@ -15,6 +16,8 @@ from exmachina.parameters import Parameters
 from tests.conftest import exmachina_processes, start_learn, wait_for, write_config
 from tests.conftest import xor_config as make
 from tests.test_equivalence import assert_same_parameters, reference_after
+
+ONE = wire.payload(np.array([0.5]))
 
 
 def long_xor(tmp_path, epochs: int = 600, **runtime):
@@ -39,9 +42,10 @@ def test_garbage_on_a_live_neurons_sockets_is_dropped_and_changes_nothing(tmp_pa
             b"\x00not msgpack",
             msgpack.packb({"kind": "activity"}),
             msgpack.packb([99, 1, 2, 3.0]),
-            msgpack.packb([wire.FORWARD, "seventeen", 0, 1.0]),
-            msgpack.packb([wire.FORWARD, 10**9, 7, 0.5]),  # no synapse 7
-            msgpack.packb([wire.BACKWARD, 10**9, 0, 0.5]),  # wrong socket, unknown sample
+            msgpack.packb([wire.FORWARD, "seventeen", 0, ONE]),
+            msgpack.packb([wire.FORWARD, 10**9, 7, ONE]),  # no synapse 7
+            msgpack.packb([wire.FORWARD, 10**9, 0, b"\x00" * 5]),  # not whole float64s
+            msgpack.packb([wire.BACKWARD, 10**9, 0, ONE]),  # wrong socket, unknown sample
             msgpack.packb([wire.STOP]),  # a control message on the synapse socket
         ]
         ctx = zmq.Context()
@@ -51,7 +55,7 @@ def test_garbage_on_a_live_neurons_sockets_is_dropped_and_changes_nothing(tmp_pa
                 link.setsockopt(zmq.LINGER, 1000)
                 link.connect(f"ipc://{sockets / name}")
                 # STOP is garbage on a synapse socket; on the control socket it would be obeyed
-                extra = [msgpack.packb([wire.WIRE, 999, [], [], 0]), msgpack.packb([wire.FORWARD, 1, 0, 0.5])]
+                extra = [msgpack.packb([wire.WIRE, 999, [], [], 0]), msgpack.packb([wire.FORWARD, 1, 0, ONE])]
                 for frame in garbage[:-1] + (extra if name.endswith("ctl") else garbage[-1:]):
                     link.send(frame)
                 link.close()
@@ -62,7 +66,7 @@ def test_garbage_on_a_live_neurons_sockets_is_dropped_and_changes_nothing(tmp_pa
         proc.kill()
     assert proc.returncode == 0, err
     log = (run_dir(tmp_path) / "neurons" / "hidden1.1.log").read_text()
-    assert log.count("dropped message") >= 21, log[-2000:]
+    assert log.count("dropped message") >= 24, log[-2000:]
     summary = json.loads((run_dir(tmp_path) / "summary.json").read_text())
     assert summary["restarts"] == 0, "garbage must never kill a neuron"
     # the garbage changed nothing: the trained weights still equal the reference's

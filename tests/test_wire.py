@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import msgpack
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,9 +11,9 @@ from hypothesis import strategies as st
 from exmachina import wire
 
 GOOD = [
-    (wire.FORWARD, 17, 3, 0.25),
-    (wire.INFER, 18, 0, -1.5),
-    (wire.BACKWARD, 17, 9, 1e-12),
+    (wire.FORWARD, 17, 3, wire.payload(np.array([0.25]))),
+    (wire.INFER, 18, 0, wire.payload(np.array([-1.5, 2.0, 0.0]))),
+    (wire.BACKWARD, 17, 9, wire.payload(np.array([1e-12]))),
     (wire.WIRE, wire.VERSION, ["ipc:///tmp/a"], ["tcp://127.0.0.1:5555"], 40),
     (wire.CHECKPOINT, 40),
     (wire.SNAPSHOT, 4),
@@ -40,7 +41,8 @@ BAD = {
     "too few fields": msgpack.packb([wire.FORWARD, 1, 2]),
     "too many fields": msgpack.packb([wire.FORWARD, 1, 2, 3.0, 4]),
     "sample not int": msgpack.packb([wire.FORWARD, "1", 2, 3.0]),
-    "value not float": msgpack.packb([wire.BACKWARD, 1, 2, "x"]),
+    "value not bytes": msgpack.packb([wire.BACKWARD, 1, 2, "x"]),
+    "value a float": msgpack.packb([wire.BACKWARD, 1, 2, 0.5]),
     "bool as int": msgpack.packb([wire.FORWARD, True, 2, 3.0]),
 }
 
@@ -59,3 +61,12 @@ def test_arbitrary_bytes_never_crash_decode(frame):
     except wire.WireError:
         return
     assert message[0] in wire.NAMES
+
+
+def test_batches_travel_as_raw_float64():
+    batch = np.array([0.5, -1.25, 3e-300])
+    message = wire.decode(wire.encode(wire.FORWARD, 1, 0, wire.payload(batch)))
+    assert np.array_equal(wire.values(message[3]), batch)
+    for bad in (b"", b"\x00" * 7, b"\x00" * 12):
+        with pytest.raises(wire.WireError):
+            wire.values(bad)
