@@ -15,11 +15,129 @@ app = typer.Typer(
 
 
 @app.command()
-def learn(config: Annotated[Path, typer.Argument(help="YAML config, e.g. configs/xor.yaml")]) -> None:
+def learn(
+    config: Annotated[Path | None, typer.Argument(help="YAML config, e.g. configs/xor.yaml")] = None,
+    resume: Annotated[
+        str | None, typer.Option(help="continue a stopped or crashed run (path or name)")
+    ] = None,
+) -> None:
     """Train a network: one process per neuron, plus a coordinator, under a supervisor."""
-    from exmachina.supervisor import learn as run_learning
+    from exmachina.supervisor import main as run_main
 
-    raise typer.Exit(run_learning(config))
+    run_main(config, resume)
+
+
+RUN_HELP = "a run directory, or a run's name under runs/ (default: runs/latest)"
+
+
+@app.command()
+def view(
+    run: Annotated[str | None, typer.Argument(help=RUN_HELP, show_default=False)] = None,
+    port: Annotated[int, typer.Option(help="port to serve on (0: any free port)")] = 8050,
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+) -> None:
+    """Watch a run learn in the browser: each hidden neuron's weights as a picture, the latest
+    predictions, loss and accuracy curves. Live while it trains; works on a finished run too."""
+    from exmachina.viewer import main as run_viewer
+
+    raise typer.Exit(run_viewer(run, host, port))
+
+
+@app.command()
+def report(run: Annotated[str | None, typer.Argument(help=RUN_HELP, show_default=False)] = None) -> None:
+    """Draw a run's weights, latest predictions and curves into PNG files in its directory."""
+    from exmachina.report import main as run_report
+
+    raise typer.Exit(run_report(run))
+
+
+# -- looking inside a run: logs, inspect, ps, trace (exmachina/inspection.py, ps.py, trace.py) --------
+
+RunArg = Annotated[str | None, typer.Argument(help=RUN_HELP, show_default=False)]
+
+
+def _inspecting(job) -> None:  # noqa: ANN001 - a callable returning an exit code
+    """Run one inspection command: its own failures are one line and exit 2, Ctrl-C a quiet stop."""
+    import contextlib
+    import os
+    import sys
+
+    from exmachina.inspection import InspectError
+
+    try:
+        code = job()
+    except InspectError as exc:
+        print(f"exmachina: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 0
+    except BrokenPipeError:  # `exmachina logs | head`
+        code = 0
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise typer.Exit(code)
+
+
+@app.command()
+def logs(
+    run: RunArg = None,
+    neuron: Annotated[
+        list[str] | None, typer.Option("--neuron", "-n", help="a neuron id (or coordinator, supervisor)")
+    ] = None,
+    layer: Annotated[list[str] | None, typer.Option("--layer", "-l", help="every neuron of a layer")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the run ends")] = False,
+    level: Annotated[
+        str | None, typer.Option("--level", help="lowest level shown: debug, info or warning")
+    ] = None,
+    json_lines: Annotated[
+        bool, typer.Option("--json", help="one JSON object per line: time, level, neuron, message")
+    ] = False,
+) -> None:
+    """Print a run's logs (all, a layer's or one neuron's), merged in time order; --follow a live run."""
+    from exmachina.inspection import InspectError, show_logs
+
+    def job() -> int:
+        if level is not None and level.lower() not in ("debug", "info", "warning"):
+            raise InspectError(f"--level {level}: choose debug, info or warning")
+        return show_logs(run, neuron or (), layer or (), follow, level, json_lines)
+
+    _inspecting(job)
+
+
+@app.command()
+def inspect(
+    run: RunArg = None,
+    neuron: Annotated[str, typer.Option("--neuron", "-n", help="the neuron, e.g. hidden1.3")] = ...,
+) -> None:
+    """One neuron's story: its synapses, its weights and how they moved, its activity and errors,
+    its messages and restarts."""
+    from exmachina.inspection import inspect_neuron
+
+    _inspecting(lambda: inspect_neuron(run, neuron))
+
+
+@app.command()
+def ps(
+    run: RunArg = None,
+    once: Annotated[bool, typer.Option("--once", help="print the table once (the default)")] = False,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="refresh until the run ends")] = False,
+) -> None:
+    """Every process of a live run: pid, CPU, memory, messages per second, queue depth, problems."""
+    from exmachina.ps import show_processes
+
+    _inspecting(lambda: show_processes(run, watch=watch and not once))
+
+
+@app.command()
+def trace(
+    run: RunArg = None,
+    sample: Annotated[int, typer.Option("--sample", "-s", help="the sample number, from 1")] = ...,
+) -> None:
+    """One sample's path through the network, forward then backward, with the time of every hop
+    (needs a run logged at level debug)."""
+    from exmachina.trace import show_trace
+
+    _inspecting(lambda: show_trace(run, sample))
 
 
 def main() -> None:
