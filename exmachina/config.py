@@ -61,7 +61,7 @@ class DataConfig:
     source: Literal["xor", "and", "or", "semeion", "csv"]
     path: str | None = None  # for file sources, relative to the config file
     targets: int | None = None  # csv: how many trailing columns are targets
-    limit: int | None = None  # use only the first N rows (quick runs)
+    limit: int | None = None  # use only N rows, picked at random by the seed (quick runs)
     holdout: float = 0.0  # share of rows held out for evaluation, split by the seed
 
 

@@ -113,8 +113,10 @@ def load(config: Config) -> Dataset:
         data = load_csv(config.data_path(), d.targets)
     else:
         data = builtin(d.source)
-    if d.limit is not None:
-        data = data.subset(np.arange(min(d.limit, len(data))))
+    if d.limit is not None and d.limit < len(data):
+        # a random subset fixed by the seed: data files are often sorted by class (Semeion is)
+        rows = np.random.default_rng([config.seed, 0x11A1]).permutation(len(data))[: d.limit]
+        data = data.subset(np.sort(rows))
     sizes = config.layer_sizes
     if data.inputs.shape[1] != sizes[0]:
         raise DatasetError(

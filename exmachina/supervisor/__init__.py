@@ -196,7 +196,7 @@ def _learn(
         summary["model_from_checkpoints"] = _model_from_checkpoints(config, run)
     summary.update(
         processes=len(children) + 1,
-        peak_rss_mb=round(memory.peak / 2**20, 1),
+        peak_pss_mb=round(memory.peak / 2**20, 1),
         supervisor_restarts=outcome.restarts,
         supervisor_outcome=outcome.reason,
     )
@@ -248,7 +248,7 @@ def _describe(s: dict, run: RunDir) -> str:
             f"  held-out accuracy {s['holdout_accuracy']:.1%} (best {s['best_holdout_accuracy']:.1%} "
             f"at epoch {s['best_epoch']})"
         )
-    lines.append(f"  {s.get('processes')} processes, peak memory {s.get('peak_rss_mb')} MB (RSS, whole tree)")
+    lines.append(f"  {s.get('processes')} processes, peak memory {s.get('peak_pss_mb')} MB (PSS, whole tree)")
     lines.append(f"  run: {run.path}  (model.npz, metrics.jsonl, summary.json, neurons/*.log)")
     return "\n".join(lines)
 
@@ -274,10 +274,12 @@ def _free_port(host: str) -> int:
 
 
 class _PeakMemory:
-    """Peak resident memory of the whole process tree, sampled once a second."""
+    """Peak memory of the whole process tree, sampled every few seconds, as the sum of PSS: each
+    shared page (numpy, pyzmq, inherited from the forkserver) counted once, not once per process."""
 
-    def __init__(self) -> None:
+    def __init__(self, interval: float = 2.0) -> None:
         self.peak = 0
+        self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -291,12 +293,14 @@ class _PeakMemory:
 
     def _watch(self) -> None:
         me = psutil.Process()
-        while not self._stop.wait(1.0):
-            total = me.memory_info().rss
-            for child in me.children(recursive=True):
+        while True:
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
                 with contextlib.suppress(psutil.Error):
-                    total += child.memory_info().rss
+                    total += proc.memory_full_info().pss
             self.peak = max(self.peak, total)
+            if self._stop.wait(self.interval):
+                return
 
 
 def main(
