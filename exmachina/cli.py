@@ -109,8 +109,7 @@ def inspect(
     run: RunArg = None,
     neuron: Annotated[str, typer.Option("--neuron", "-n", help="the neuron, e.g. hidden1.3")] = ...,
 ) -> None:
-    """One neuron's story: its synapses, its weights and how they moved, its activity and errors,
-    its messages and restarts."""
+    """One neuron's story: synapses, weights and how they moved, activity, errors, messages, restarts."""
     from exmachina.inspection import inspect_neuron
 
     _inspecting(lambda: inspect_neuron(run, neuron))
@@ -133,8 +132,7 @@ def trace(
     run: RunArg = None,
     sample: Annotated[int, typer.Option("--sample", "-s", help="the sample number, from 1")] = ...,
 ) -> None:
-    """One sample's path through the network, forward then backward, with the time of every hop
-    (needs a run logged at level debug)."""
+    """One sample's path, forward then backward, with the time of every hop (needs log level debug)."""
     from exmachina.trace import show_trace
 
     _inspecting(lambda: show_trace(run, sample))

@@ -285,3 +285,51 @@ def test_malformed_and_out_of_order_messages_never_wedge_a_live_neuron(tmp_path,
     assert log.count("dropped message") >= 100
     reference, _ = reference_after(path)
     assert_same_parameters(Parameters.load(run_dir(tmp_path) / "model.npz"), reference.p)
+
+
+@pytest.mark.timeout(240)
+def test_chaos_during_a_small_digits_run(tmp_path):
+    """256-8-10 on 60 Semeion rows (mini-batches of 4, so it runs in seconds here): a random neuron
+    of any layer is killed three times; the run completes and still learns (the reference reaches
+    77% on these rows; chance is 10%)."""
+    from tests.conftest import SHARED_DATA
+
+    layers = [{"name": "input", "size": 256}, {"name": "hidden", "size": 8}, {"name": "output", "size": 10}]
+    path = write_config(
+        tmp_path,
+        {
+            "name": "digits",
+            "seed": 1,
+            "network": {"layers": layers},
+            "training": {"learning_rate": 2.0, "epochs": 12, "batch_size": 4},
+            "data": {"source": "semeion", "path": str(SHARED_DATA), "limit": 60},
+            "runtime": {"checkpoint_every": 10, "max_restarts": 20, "log_level": "warning"},
+        },
+    )
+    proc = start_learn(path)
+    rng = random.Random(3)
+    victims = [f"input.{rng.randrange(256)}", f"hidden.{rng.randrange(8)}", f"output.{rng.randrange(10)}"]
+    run = None
+    try:
+        run = wait_for(lambda: next((tmp_path / "runs").glob("digits-*"), None), timeout=60)
+        for number, victim in enumerate(victims, start=1):
+            wait_for(lambda n=number: _digits_epochs(run) >= 2 * n or proc.poll() is not None, timeout=120)
+            if proc.poll() is not None:
+                break
+            pid = wait_for(lambda v=victim: neuron_pid(proc, v), timeout=20)
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda v=victim, p=pid: (q := neuron_pid(proc, v)) and q != p, timeout=30)
+        code, out, err = finish(proc, timeout=180)
+    finally:
+        proc.kill()
+    assert code == 0, err
+    summary = json.loads((run / "summary.json").read_text())
+    restarts = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["neuron"] for r in restarts if r.get("event") == "restart"] == victims
+    assert summary["status"] == "completed" and summary["accuracy"] >= 0.5, summary
+
+
+def _digits_epochs(run) -> int:
+    path = run / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return sum(1 for line in lines if '"event": "epoch"' in line)
