@@ -295,6 +295,12 @@ def _check(c: Config) -> None:
         _fail(s, "runtime.max_restarts", "restart intensity needs max_restarts >= 0 and restart_period > 0")
     if r.snapshot_every < 0 or r.checkpoint_every < 0:
         _fail(s, "runtime.checkpoint_every", "snapshot_every and checkpoint_every must be >= 0")
+    if r.log_backups < 1:
+        _fail(
+            s,
+            "runtime.log_backups",
+            f"must be at least 1 (a log rotates into its backups), got {r.log_backups}",
+        )
     if r.stats_interval <= 0:
         _fail(s, "runtime.stats_interval", "must be positive")
     assert set(ACTIVATIONS) == set(typing.get_args(ActivationName))

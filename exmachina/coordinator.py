@@ -32,7 +32,7 @@ from exmachina.logs import close_log, open_log
 from exmachina.parameters import Parameters
 from exmachina.progress import Progress
 from exmachina.runs import RunDir, Site, write_json
-from exmachina.topology import COORDINATOR, layer_ids
+from exmachina.topology import COORDINATOR, INBOX, layer_ids
 
 RECENT = 200  # the original's progress figure: share correct of the last 200 training predictions
 SHOWN_PREDICTIONS = 20  # kept in predictions.json for the viewer
@@ -256,17 +256,14 @@ class Coordinator:
     def _link(self, nid: str) -> None:
         """(Re)connect the coordinator's own links to one neuron: control, and sensor or error link."""
         peer = self.peers[nid]
-        for links, layer, port in (
-            (self.sensors, 0, "forward"),
-            (self.error_links, len(self.layers) - 1, "backward"),
-        ):
+        for links, layer in ((self.sensors, 0), (self.error_links, len(self.layers) - 1)):
             if self.layer_of[nid] == layer:
                 if nid in links:
                     links[nid].close()
-                links[nid] = transport.push(self.ctx, peer.endpoints[port])
+                links[nid] = transport.push(self.ctx, peer.endpoints[INBOX])
         if peer.control is not None:
             peer.control.close()
-        peer.control = transport.push(self.ctx, peer.endpoints["control"], transport.CONTROL_LINGER_MS)
+        peer.control = transport.push(self.ctx, peer.endpoints[INBOX], transport.CONTROL_LINGER_MS)
 
     def _wire(self, ids: list[str], deadline: float) -> None:
         """Tell neurons where their synapses lead, and wait until each is READY."""
@@ -274,11 +271,9 @@ class Coordinator:
             layer, last = self.layer_of[nid], len(self.layers) - 1
             me = [self.site.coordinator]
             downstream = (
-                me if layer == last else [self.peers[n].endpoints["forward"] for n in self.layers[layer + 1]]
+                me if layer == last else [self.peers[n].endpoints[INBOX] for n in self.layers[layer + 1]]
             )
-            upstream = (
-                me if layer == 0 else [self.peers[n].endpoints["backward"] for n in self.layers[layer - 1]]
-            )
+            upstream = me if layer == 0 else [self.peers[n].endpoints[INBOX] for n in self.layers[layer - 1]]
             message = [wire.VERSION, downstream, upstream, self.position.updates]
             self.peers[nid].control.send(wire.encode(wire.WIRE, *message))
         waiting = set(ids)
@@ -349,9 +344,16 @@ class Coordinator:
     def _launch(self, flight: Flight) -> int:
         """Send a batch's inputs to the sensors under a fresh sample id."""
         self.sample += 1
+        debug = self.log.isEnabledFor(logging.DEBUG)
         for nid, column in zip(self.inputs, flight.x.T):
+            if debug:
+                self._debug_hop("send", flight.kind, self.sample, f"to={nid}", column)
             self.sensors[nid].send(wire.encode(flight.kind, self.sample, 0, wire.payload(column)))
         return self.sample
+
+    def _debug_hop(self, verb: str, kind: int, sample: int, peer: str, value: np.ndarray | bytes) -> None:
+        """The coordinator's end of a synapse, in the neurons' words, so `exmachina trace` sees it."""
+        self.log.debug("%s %s sample=%d %s value=%s", verb, wire.NAMES[kind], sample, peer, wire.show(value))
 
     def stream(self, batches: Iterable[Flight], in_flight: int) -> Iterator[Flight]:
         """Keep up to `in_flight` batches in the network; yield each as it completes: a forward-only
@@ -390,9 +392,14 @@ class Coordinator:
                 self._aside(message)
                 continue
             deadline = time.monotonic() + timeout
+            debug = self.log.isEnabledFor(logging.DEBUG)
+            if debug:
+                self._debug_hop("recv", message[0], message[1], f"sender={message[2]}", message[3])
             if flight.kind == wire.FORWARD and flight.output is not None and flight.errors_sent is False:
                 gradient = self.loss.grad(flight.output, flight.y.T)
                 for nid, row in zip(self.outputs, gradient):
+                    if debug:
+                        self._debug_hop("send", wire.BACKWARD, message[1], f"to={nid}", row)
                     self.error_links[nid].send(wire.encode(wire.BACKWARD, message[1], 0, wire.payload(row)))
                 flight.errors_sent = True
             if flight.done(len(self.inputs)):

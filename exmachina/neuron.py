@@ -23,9 +23,7 @@ from exmachina.activations import ACTIVATIONS
 from exmachina.learning import axon_gradient, bias_gradient, descend, error, fire
 from exmachina.logs import close_log, open_log
 from exmachina.runs import RunDir, Site
-from exmachina.topology import NeuronSpec, socket_name
-
-PORTS = ("in", "err", "ctl")  # the bound PULL sockets: activities in, errors in, control
+from exmachina.topology import INBOX, NeuronSpec, socket_name
 
 # Recently dropped samples: their stragglers (still in flight when DROP came) are discarded.
 REMEMBER_DROPPED = 64
@@ -37,6 +35,10 @@ MAX_PENDING = 256
 
 class Unexpected(ValueError):
     """A well-formed message that makes no sense now: duplicate, unknown synapse or sample."""
+
+
+class Interrupted(Exception):
+    """SIGTERM arrived while the neuron was waiting for a message."""
 
 
 class Gathering:
@@ -93,12 +95,12 @@ class Dendrites:
         self.links: list[zmq.Socket] = []  # one PUSH back to each upstream peer, in synapse order
 
     def send_back(self, sample: int, delta: np.ndarray, me: int) -> int:
+        if self.log.isEnabledFor(logging.DEBUG):  # logged before sending, so a send precedes its recv
+            for peer in self.peers:
+                self.log.debug("send BACKWARD sample=%d to=%s value=%s", sample, peer, wire.show(delta))
         frame = wire.encode(wire.BACKWARD, sample, me, wire.payload(delta))
         for link in self.links:
             link.send(frame)
-        if self.log.isEnabledFor(logging.DEBUG):
-            for peer in self.peers:
-                self.log.debug("send BACKWARD sample=%d to=%s value=%s", sample, peer, wire.show(delta))
         return len(self.links)
 
 
@@ -114,12 +116,13 @@ class Axon:
 
     def transmit(self, kind: int, sample: int, activity: np.ndarray, me: int) -> int:
         weighted = np.multiply.outer(self.weights, activity)  # one batch per outgoing synapse
-        for link, value in zip(self.links, weighted):
-            link.send(wire.encode(kind, sample, me, wire.payload(value)))
         if self.log.isEnabledFor(logging.DEBUG):
             for peer, value in zip(self.peers, weighted):
                 name = wire.NAMES[kind]
                 self.log.debug("send %s sample=%d to=%s value=%s", name, sample, peer, wire.show(value))
+        data, size = wire.payload(weighted), 8 * weighted.shape[1]  # one buffer, sliced per synapse
+        for i, link in enumerate(self.links):
+            link.send(wire.encode(kind, sample, me, data[i * size : (i + 1) * size]))
         return len(self.links)
 
     def learn(self, gradient: np.ndarray, learning_rate: float) -> None:
@@ -153,12 +156,12 @@ class Neuron:
         inputs = self.dendrites.incoming.put(sample, synapse, value)  # 1. wait for every input synapse
         if inputs is None:
             return
-        net, activity = fire(np.sum(inputs, axis=0), self.bias, self.activation)  # 2. own activity
+        net, activity = fire(inputs.sum(axis=0), self.bias, self.activation)  # 2. own activity
         if kind == wire.FORWARD:
             if len(self.fired) >= MAX_PENDING:  # stray traffic must not grow memory without bound
                 self.forget(next(iter(self.fired)))
             self.fired[sample] = (net, activity, self.axon.weights.copy())
-            self.activity_sum += float(np.mean(activity))
+            self.activity_sum += float(activity.sum()) / activity.size
         self.sent += self.axon.transmit(kind, sample, activity, self.spec.index)  # 3-4. weight, send on
 
     def on_error(self, sample: int, synapse: int, value: np.ndarray) -> bool:
@@ -176,7 +179,7 @@ class Neuron:
         if self.spec.learn_bias:
             descend(self.bias, bias_gradient(delta), self.spec.learning_rate)
         self.updates += 1
-        self.error_sum += float(np.mean(np.abs(delta)))
+        self.error_sum += float(np.abs(delta).sum()) / delta.size
         if self.log.isEnabledFor(logging.DEBUG):
             show = wire.show(delta)
             self.log.debug(
@@ -254,39 +257,47 @@ class NeuronProcess:
         self.received = self.dropped = 0
         self.last_problem = ""
         self.stop_signal: list[int] = []
-        self.wakeup_r, self.wakeup_w = os.pipe()
-        os.set_blocking(self.wakeup_w, False)
-        signal.signal(signal.SIGTERM, lambda signum, frame: self.stop_signal.append(signum))
-        signal.set_wakeup_fd(self.wakeup_w)  # a signal wakes the poll below: no polling for flags
-        self.ctx = transport.context(sockets=len(spec.upstream) + len(spec.downstream) + 4)
-        place, kind = site.place, site.transport
-        self.forward_in, forward = transport.pull(self.ctx, kind, place, socket_name(spec.id, PORTS[0]))
-        self.errors_in, backward = transport.pull(self.ctx, kind, place, socket_name(spec.id, PORTS[1]))
-        self.control, control = transport.pull(self.ctx, kind, place, socket_name(spec.id, PORTS[2]))
-        self.endpoints = {"forward": forward, "backward": backward, "control": control}
+        self.waiting = False  # blocked in recv: only then may a signal interrupt (see _on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        self.ctx = transport.context(sockets=len(spec.upstream) + len(spec.downstream) + 2)
+        # Every link into this neuron (activities from upstream, errors from downstream, control from
+        # the coordinator) is its own PUSH socket connected to this one PULL: the pipeline pattern's
+        # fan-in. One socket means one blocking recv per message and no poller, which is most of
+        # what a wakeup costs; the kind of each message says what it is.
+        self.inbox, inbox = transport.pull(self.ctx, site.transport, site.place, socket_name(spec.id, INBOX))
+        self.inbox.setsockopt(zmq.RCVTIMEO, max(1, int(site.stats_interval * 1000)))
+        self.endpoints = {INBOX: inbox}
         self.coordinator = transport.push(self.ctx, site.coordinator, transport.CONTROL_LINGER_MS)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        """Stop after the message in hand; a neuron blocked in recv is woken at once."""
+        self.stop_signal.append(signum)
+        if self.waiting:
+            raise Interrupted
 
     def run(self) -> None:
         hello = [wire.VERSION, self.spec.id, os.getpid(), self.endpoints, self.neuron.updates]
         self.coordinator.send(wire.encode(wire.HELLO, *hello))
         self.log.info("bound %s; hello sent", " ".join(f"{k}={v}" for k, v in self.endpoints.items()))
-        poller = zmq.Poller()
-        for sock in (self.control, self.errors_in, self.forward_in):
-            poller.register(sock, zmq.POLLIN)
-        poller.register(self.wakeup_r, zmq.POLLIN)
         interval = self.site.stats_interval
         next_stats = time.monotonic() + interval
         running = True
-        while running and not self.stop_signal:
-            ready = dict(poller.poll(interval * 1000))
-            if self.wakeup_r in ready:
-                os.read(self.wakeup_r, 64)
-            for sock in (self.control, self.errors_in, self.forward_in):
-                if sock in ready:
-                    running = self._handle(sock, transport.drain(sock)) and running
-            if time.monotonic() >= next_stats:
-                next_stats = time.monotonic() + interval
-                self._report()
+        try:
+            while running and not self.stop_signal:
+                try:
+                    self.waiting = True
+                    frame = self.inbox.recv()  # returns at once while frames are queued
+                except zmq.Again:  # a quiet stats interval
+                    frame = None
+                finally:
+                    self.waiting = False
+                if frame is not None:
+                    running = self._handle(frame)
+                if time.monotonic() >= next_stats:
+                    next_stats = time.monotonic() + interval
+                    self._report()
+        except Interrupted:
+            pass
         if self.stop_signal:
             self.log.info("stop on signal %d", self.stop_signal[0])
         n = self.neuron
@@ -300,33 +311,28 @@ class NeuronProcess:
             self.dropped,
         )
 
-    def _handle(self, sock: zmq.Socket, frames: list[bytes]) -> bool:
-        """Every frame one wakeup brought; False once a STOP arrived."""
-        running = True
-        debug = self.log.isEnabledFor(logging.DEBUG)
-        for frame in frames:
-            self.received += 1
-            try:
-                message = wire.decode(frame)
-                kind = message[0]
-                if debug:
-                    self.log.debug("recv %s", wire.describe(message))
-                if sock is self.control:
-                    running = self._control(message) and running
-                elif sock is self.forward_in and kind in (wire.FORWARD, wire.INFER):
-                    self.neuron.on_activity(kind, message[1], message[2], wire.values(message[3]))
-                elif sock is self.errors_in and kind == wire.BACKWARD:
-                    every = self.site.checkpoint_every
-                    updated = self.neuron.on_error(message[1], message[2], wire.values(message[3]))
-                    if updated and every and self.neuron.updates % every == 0:
-                        self._checkpoint()
-                else:
-                    raise Unexpected(f"{wire.NAMES[kind]} on the wrong socket")
-            except (wire.WireError, Unexpected) as exc:
-                self.dropped += 1
-                self.last_problem = str(exc)
-                self.log.warning("dropped message (%s): %r", exc, frame[:64])
-        return running
+    def _handle(self, frame: bytes) -> bool:
+        """One message, by its kind; False once a STOP arrived."""
+        self.received += 1
+        try:
+            message = wire.decode(frame)
+            kind = message[0]
+            if self.log.isEnabledFor(logging.DEBUG):
+                self.log.debug("recv %s", wire.describe(message))
+            if kind == wire.BACKWARD:
+                every = self.site.checkpoint_every
+                updated = self.neuron.on_error(message[1], message[2], wire.values(message[3]))
+                if updated and every and self.neuron.updates % every == 0:
+                    self._checkpoint()
+            elif kind in wire.SYNAPSE_KINDS:
+                self.neuron.on_activity(kind, message[1], message[2], wire.values(message[3]))
+            else:
+                return self._control(message)
+        except (wire.WireError, Unexpected) as exc:
+            self.dropped += 1
+            self.last_problem = str(exc)
+            self.log.warning("dropped message (%s): %r", exc, frame[:64])
+        return True
 
     def _control(self, message: list) -> bool:
         kind, spec, n = message[0], self.spec, self.neuron
@@ -387,7 +393,7 @@ class NeuronProcess:
             n.updates,
             checkpoints.neuron_state(n.axon.weights, float(n.bias), n.updates),
         )
-        self.log.info("checkpoint at update %d", n.updates)
+        self.log.debug("checkpoint at update %d", n.updates)
 
     def _report(self) -> None:
         """Periodic stats: a line in the log when something happened, and a STATS message always."""
@@ -426,9 +432,6 @@ class NeuronProcess:
     def close(self) -> None:
         self.ctx.destroy(linger=0)
         transport.release(list(self.endpoints.values()))
-        signal.set_wakeup_fd(-1)
-        os.close(self.wakeup_r)
-        os.close(self.wakeup_w)
 
 
 def _peers(ids: tuple[str, ...]) -> str:

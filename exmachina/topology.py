@@ -73,6 +73,9 @@ def neurons(config: Config, parameters: Parameters, updates: int = 0) -> list[Ne
     return specs
 
 
-def socket_name(nid: str, port: str) -> str:
-    """The socket file of one of a process's bound ports (`in`, `err`, `ctl`)."""
+INBOX = "inbox"  # every neuron binds one PULL socket; each link into it is a PUSH of its own
+
+
+def socket_name(nid: str, port: str = INBOX) -> str:
+    """The socket file of a process's bound port."""
     return f"{nid}.{port}"

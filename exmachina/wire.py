@@ -15,7 +15,7 @@ coordinator is sender 0 to the input and output layers. Control traffic names ne
     coordinator -> neuron:  [WIRE, version, downstream endpoints, upstream endpoints, updates]
                             [SNAPSHOT, request]        [CHECKPOINT, count]
                             [DROP, sample]             [STOP]
-    neuron -> coordinator:  [HELLO, version, neuron, pid, {"forward", "backward", "control"}, updates]
+    neuron -> coordinator:  [HELLO, version, neuron, pid, {"inbox": endpoint}, updates]
                             [READY, neuron]            [STATE, neuron, request, bias, weights, updates]
                             [STATS, neuron, {...}]
 
@@ -91,6 +91,15 @@ def decode(frame: bytes) -> list:
         message = msgpack.unpackb(frame, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types for garbage
         raise WireError(f"not msgpack ({type(exc).__name__})") from None
+    if (  # the hot path, a synapse message, checked in one expression
+        type(message) is list
+        and len(message) == 4
+        and message[0] in SYNAPSE_KINDS
+        and type(message[1]) is int
+        and type(message[2]) is int
+        and type(message[3]) is bytes
+    ):
+        return message
     if type(message) is not list or not message:
         raise WireError(f"not a message array: {_short(message)}")
     shape = _SHAPES.get(message[0]) if type(message[0]) is int else None

@@ -152,7 +152,7 @@ class Supervisor:
             self._finished.clear()
             if self._ctx.get_start_method() == "forkserver":
                 # Only effective before the (per-interpreter) forkserver is first launched.
-                self._ctx.set_forkserver_preload(self._preload)
+                self._ctx.set_forkserver_preload([*self._preload, "supervisor.frozen"])
             self._state = "running"
             atexit.register(self.stop)  # never leave children behind (they are not daemonic)
             for child in self._children.values():

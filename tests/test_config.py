@@ -42,6 +42,10 @@ BAD = {
         "network.layers[2].activation: loss softmax_cross_entropy takes raw logits",
     ),
     "missing required key": ({"name": "x", "seed": 1}, "network: missing required key"),
+    "logs that never rotate": (
+        xor_config(runtime={"log_backups": 0}),
+        "runtime.log_backups: must be at least 1",
+    ),
 }
 
 
