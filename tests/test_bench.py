@@ -1,0 +1,136 @@
+"""The bench on tiny sizes: its real functions run, its figures hang together, nothing is left behind.
+
+Timings are never asserted: the machine is shared. What is checked is structure and arithmetic
+(positive figures, ratios that equal their parts, a parseable results.json) and that a failing or
+timed-out row is reported as failed without stopping the rest or leaking processes and sockets.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import replace
+
+import pytest
+from rich.console import Console
+
+from exmachina import bench, bench_ipc, transport, wire
+
+TINY = replace(
+    bench.QUICK,
+    name="tiny",
+    transport_messages=2_000,
+    round_trips=100,
+    xor_samples=8,
+    semeion_samples=0,  # 275 processes per 256-8-10 row: too slow for a unit test
+    startup_sizes=(),
+    core_samples_xor=8,
+    reference_min_s=0.02,
+)
+
+
+def test_messages_per_batch_counts_every_link_both_ways():
+    # coordinator->2 inputs, 2x2, 2x1, output->coordinator = 9 links, forward and back
+    assert bench.messages_per_batch([2, 2, 1]) == 18
+    assert bench.messages_per_batch([256, 8, 10]) == 2 * (256 + 256 * 8 + 8 * 10 + 10)
+    assert bench.messages_per_batch([3, 4, 3, 2]) == 2 * (3 + 12 + 12 + 6 + 2)
+
+
+@pytest.mark.timeout(60)
+def test_transport_ceiling_and_round_trip(no_leftovers):
+    ceiling = bench.transport_ceiling(3_000, no_leftovers, timeout=30)
+    assert ceiling["messages"] == 3_000 and ceiling["seconds"] > 0
+    assert math.isclose(ceiling["messages_per_s"], 3_000 / ceiling["seconds"])
+    assert ceiling["message_bytes"] == len(bench_ipc.synapse_message(0)) < 32
+    assert wire.decode(bench_ipc.synapse_message(7)) == [wire.FORWARD, 7, 0, bytes(8)]
+    assert bench_ipc.HIGH_WATER_MARK == transport.HIGH_WATER_MARK
+    latency = bench.ipc_latency(200, no_leftovers, timeout=30)
+    assert latency["round_trips"] == 200
+    assert 0 < latency["min_us"] <= latency["median_us"] <= latency["p99_us"]
+
+
+@pytest.mark.timeout(90)
+def test_xor_row_and_its_reference(tmp_path, no_leftovers):
+    config = bench.xor_config(8)
+    row = bench.train_network("xor", config, tmp_path / "run", no_leftovers, timeout=60)
+    assert row["status"] == "ok", row
+    assert row["samples"] == 8 and row["updates"] == 8
+    assert row["samples_per_s"] > 0 and row["in_epoch_samples_per_s"] > 0
+    assert row["messages_per_sample"] == row["messages_per_batch"] == 18
+    assert math.isclose(row["synapse_messages_per_s"], row["samples_per_s"] * 18)
+    assert row["peak_pss_mb"] > 0
+    if row["cpu_us_per_message"] is not None:  # a run this short seldom gets two readings
+        assert math.isclose(row["cpu_us_per_message"], row["cpu_s"] / row["cpu_messages"] * 1e6)
+    reference = bench.reference_rate(config, row["samples"], 0.01)
+    assert reference["samples"] >= 8 and reference["samples_per_s"] > 0 and reference["batch_size"] == 1
+
+
+def test_training_window_uses_readings_inside_training_only():
+    readings = [(0, 1.0), (3, 2.0), (7, 4.0), (10, 9.0)]
+    assert bench._training_window(readings, final=10) == (2.0, 4)
+    assert bench._training_window([(0, 1.0), (10, 2.0)], final=10) is None
+
+
+@pytest.mark.timeout(90)
+def test_failed_and_timed_out_rows_are_reported_and_cleaned_up(tmp_path, no_leftovers):
+    b = bench.Bench(TINY, tmp_path, no_leftovers, say=lambda _: None)
+    failed = b.network("missing data", bench.semeion_config(10, tmp_path / "missing.data"), timeout=30)
+    assert failed["status"] == "failed" and "exit code 2" in failed["error"]
+    slow = b.network("too slow", bench.xor_config(400_000), timeout=4, reference=False)
+    assert slow["status"] == "failed" and "timed out" in slow["error"]
+    assert "socket_files_left" not in slow
+
+
+@pytest.mark.timeout(90)
+def test_startup_probe_100_neurons(tmp_path, no_leftovers):
+    row = bench.startup_probe(100, tmp_path / "run", no_leftovers, timeout=60, settle_s=0.2)
+    assert row["status"] == "ok" and row["wired"] == 100 and row["neurons_measured"] == 100
+    assert row["ready_s"] > row["wiring_s"] > 0
+    assert 0 < row["uss_mb_median"] <= row["uss_mb_max"]
+    assert row["tree_pss_mb"] > 100 * row["uss_mb_median"] * 0.5
+    assert row["peak_pss_mb"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_run_bench_writes_consistent_results(tmp_path, no_leftovers):
+    out = tmp_path / "bench" / "results.json"
+    bench.run_bench(TINY, out, say=lambda _: None)
+    results = json.loads(out.read_text())
+    assert results["profile"]["name"] == "tiny"
+    machine = results["machine"]
+    assert machine["cpu_count"] >= 1 and machine["cpu_model"] and machine["pyzmq"] and machine["libzmq"]
+    assert "16-core" in " ".join(results["notes"])
+    assert results["socket_files_left"] == []
+    assert bench._failures(results) == []
+
+    ceiling = results["transport"]["ceiling"]["messages_per_s"]
+    assert ceiling > 0 and results["transport"]["latency"]["median_us"] > 0
+    (xor,) = results["training"]
+    assert xor["status"] == "ok" and xor["reference"]["samples_per_s"] > 0
+    assert math.isclose(
+        xor["reference_over_network"], xor["reference"]["samples_per_s"] / xor["samples_per_s"]
+    )
+    assert math.isclose(xor["share_of_ceiling"], xor["synapse_messages_per_s"] / ceiling)
+
+    (pair,) = results["cores"]
+    one, two = pair["cores_1"], pair["cores_2"]
+    assert one["cpus"] and len(one["cpus"]) == 1
+    if machine["cpus_usable"] >= 2:
+        assert len(two["cpus"]) == 2
+        assert math.isclose(pair["speedup_2_over_1"], two["samples_per_s"] / one["samples_per_s"])
+    assert results["startup"] == [] and "pipelining" not in results
+
+    text = io.StringIO()
+    bench.render(results, Console(file=text, width=170))
+    assert "transport ceiling" in text.getvalue() and "xor 2-2-1 online" in text.getvalue()
+
+
+def test_pipelining_reuses_what_training_measured(tmp_path):
+    b = bench.Bench(replace(TINY, k_sweep=(1, 4)), tmp_path, tmp_path, say=lambda _: None)
+    b.online_by_k = {1: {"name": "256-8-10 online", "status": "ok"}, 4: {"name": "in-flight", "status": "ok"}}
+    sweep = b.pipelining(tmp_path / "unused.data")
+    assert [(r["k"], r["reused"], r["name"]) for r in sweep] == [
+        (1, True, "256-8-10 online"),
+        (4, True, "in-flight"),
+    ]
