@@ -126,6 +126,27 @@ def test_run_bench_writes_consistent_results(tmp_path, no_leftovers):
     assert "transport ceiling" in text.getvalue() and "xor 2-2-1 online" in text.getvalue()
 
 
+@pytest.mark.timeout(120)
+def test_log_levels_take_the_median_of_interleaved_runs(tmp_path, no_leftovers):
+    b = bench.Bench(replace(TINY, log_samples=8), tmp_path, no_leftovers, say=lambda _: None)
+    rows = b.logging(rounds=2)
+    assert [row["name"] for row in rows] == ["xor log off", "xor log info", "xor log debug"]
+    for row in rows:
+        assert row["status"] == "ok", row
+        assert len(row["runs_samples_per_s"]) == 2 and row["samples_per_s"] in row["runs_samples_per_s"]
+    text = io.StringIO()
+    bench.render({**json.loads(json.dumps({"logging": rows})), **_minimal_results()}, Console(file=text))
+    assert "log levels" in text.getvalue() and "debug" in text.getvalue()
+
+
+def _minimal_results() -> dict:
+    machine = {"cpu_count": 2, "cpu_model": "x", "python": "3", "pyzmq": "1", "libzmq": "1"}
+    machine.update(load_average=[0, 0, 0], load_average_end=[0, 0, 0])
+    failed = {"status": "failed", "error": "not run"}
+    transport = {"ceiling": failed, "latency": failed}
+    return {"profile": {"name": "t"}, "machine": machine, "wall_s": 0, "transport": transport}
+
+
 def test_pipelining_reuses_what_training_measured(tmp_path):
     b = bench.Bench(replace(TINY, k_sweep=(1, 4)), tmp_path, tmp_path, say=lambda _: None)
     b.online_by_k = {1: {"name": "256-8-10 online", "status": "ok"}, 4: {"name": "in-flight", "status": "ok"}}
