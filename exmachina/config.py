@@ -69,6 +69,9 @@ class DataConfig:
 class RuntimeConfig:
     transport: Literal["ipc", "tcp"] = "ipc"
     host: str = "127.0.0.1"  # tcp only: the address neurons bind
+    # CURVE on every link (keys made per run); auto: on for tcp, off for ipc, whose sockets already
+    # sit in a 0700 directory
+    curve: Literal["auto", "on", "off"] = "auto"
     log_level: Literal["off", "debug", "info", "warning"] = "info"
     log_max_bytes: int = 1_000_000  # per neuron log file, before rotation
     log_backups: int = 2
@@ -89,6 +92,12 @@ class Config:
     data: DataConfig
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     source: str = field(default="<memory>", metadata={"yaml": False})  # the file, for messages
+
+    @property
+    def uses_curve(self) -> bool:
+        """Whether the run's links are encrypted and authenticated with CURVE."""
+        r = self.runtime
+        return r.curve == "on" or (r.curve == "auto" and r.transport == "tcp")
 
     @property
     def layer_sizes(self) -> list[int]:
@@ -202,6 +211,8 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(value, inner, key, source)
     if origin is Literal:
+        if isinstance(value, bool) and {"on", "off"} <= set(args):
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
         if value not in args:
             _fail(source, key, f"must be one of {', '.join(map(str, args))}, got {value!r}")
         return value
@@ -303,4 +314,9 @@ def _check(c: Config) -> None:
         )
     if r.stats_interval <= 0:
         _fail(s, "runtime.stats_interval", "must be positive")
+    if c.uses_curve:
+        import zmq
+
+        if not zmq.has("curve"):
+            _fail(s, "runtime.curve", "this libzmq has no CURVE support: set curve: off")
     assert set(ACTIVATIONS) == set(typing.get_args(ActivationName))

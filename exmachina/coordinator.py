@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from exmachina import checkpoints, transport, wire
+from exmachina import checkpoints, curve, transport, wire
 from exmachina.activations import LOSSES, accuracy, predictions
 from exmachina.config import Config
 from exmachina.datasets import Dataset, epoch_order
@@ -123,8 +123,11 @@ class Position:
 
 
 class Coordinator:
-    def __init__(self, config: Config, site: Site, log: logging.Logger) -> None:
+    def __init__(
+        self, config: Config, site: Site, log: logging.Logger, keys: curve.Keypair | None = None
+    ) -> None:
         self.config = config
+        self.keys = keys
         self.site = site
         self.log = log
         self.run = RunDir(site.run_dir)
@@ -135,11 +138,20 @@ class Coordinator:
         self.layer_of = {nid: layer for layer, ids in enumerate(self.layers) for nid in ids}
         self.all_ids = list(self.layer_of)
         self.peers: dict[str, Peer] = {}
-        self.ctx = transport.context(sockets=2 * len(self.all_ids) + len(self.inputs) + len(self.outputs) + 4)
+        sockets = 2 * len(self.all_ids) + len(self.inputs) + len(self.outputs) + 4
+        self.ctx = transport.context(sockets + (curve.GATEKEEPER_SOCKETS if keys is not None else 0))
+        self.gatekeeper = None
         self.inbox = self.ctx.socket(zmq.PULL)
         self.inbox.setsockopt(zmq.RCVHWM, transport.HIGH_WATER_MARK)
         self.inbox.setsockopt(zmq.LINGER, 0)
+        if keys is not None:  # every neuron of the run reports here, and no one else
+            neurons = {nid: site.public_keys[nid] for nid in self.all_ids}
+            self.gatekeeper = curve.Gatekeeper(self.ctx, neurons, log, site.public_keys)
+            curve.serve(self.inbox, keys)
         self.inbox.bind(site.coordinator)
+        if self.gatekeeper is not None:
+            self.gatekeeper.start(self.inbox)
+            log.info("curve: inbox is a CURVE server with public key %s", keys.public.decode())
         self.sensors: dict[str, zmq.Socket] = {}
         self.error_links: dict[str, zmq.Socket] = {}
         self.sample = 0
@@ -260,10 +272,17 @@ class Coordinator:
             if self.layer_of[nid] == layer:
                 if nid in links:
                     links[nid].close()
-                links[nid] = transport.push(self.ctx, peer.endpoints[INBOX])
+                links[nid] = self._push(nid)
         if peer.control is not None:
             peer.control.close()
-        peer.control = transport.push(self.ctx, peer.endpoints[INBOX], transport.CONTROL_LINGER_MS)
+        peer.control = self._push(nid, transport.CONTROL_LINGER_MS)
+
+    def _push(self, nid: str, linger_ms: int = transport.SYNAPSE_LINGER_MS) -> zmq.Socket:
+        """A PUSH to a neuron's inbox: a CURVE client of that neuron's key when the run uses CURVE."""
+        endpoint = self.peers[nid].endpoints[INBOX]
+        if self.keys is None:
+            return transport.push(self.ctx, endpoint, linger_ms)
+        return transport.push(self.ctx, endpoint, linger_ms, self.keys, self.site.public_keys[nid])
 
     def _wire(self, ids: list[str], deadline: float) -> None:
         """Tell neurons where their synapses lead, and wait until each is READY."""
@@ -602,9 +621,15 @@ class Coordinator:
 
 
 def coordinate(
-    config: Config, site: Site, train: Dataset, holdout: Dataset | None, position: dict | None = None
+    config: Config,
+    site: Site,
+    train: Dataset,
+    holdout: Dataset | None,
+    position: dict | None = None,
+    keys: curve.Keypair | None = None,
 ) -> None:
-    """Process entry point of the coordinator. `position`: where a resumed run takes up."""
+    """Process entry point of the coordinator. `position`: where a resumed run takes up; `keys`: its
+    own CURVE keypair when the run's links are encrypted."""
     run = RunDir(site.run_dir)
     log = open_log(COORDINATOR, run.log(COORDINATOR), site.log_level, site.log_max_bytes, site.log_backups)
     log.info(
@@ -613,7 +638,7 @@ def coordinate(
         len(train),
         len(holdout) if holdout is not None else "none",
     )
-    coordinator = Coordinator(config, site, log)
+    coordinator = Coordinator(config, site, log, keys)
     if position is not None:
         coordinator.position = Position(
             **{k: v for k, v in position.items() if k in Position.__annotations__}
@@ -646,6 +671,8 @@ def coordinate(
         )
         run.write_summary(summary)
         log.info("end: %s", summary)
+        if coordinator.gatekeeper is not None:  # its thread uses the context's sockets: it goes first
+            coordinator.gatekeeper.stop()
         coordinator.ctx.destroy(linger=0)  # nothing it still queues is owed to anyone
         transport.release([site.coordinator])
         close_log(log)

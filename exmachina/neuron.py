@@ -18,12 +18,12 @@ import time
 import numpy as np
 import zmq
 
-from exmachina import checkpoints, transport, wire
+from exmachina import checkpoints, curve, transport, wire
 from exmachina.activations import ACTIVATIONS
 from exmachina.learning import axon_gradient, bias_gradient, descend, error, fire
 from exmachina.logs import close_log, open_log
 from exmachina.runs import RunDir, Site
-from exmachina.topology import INBOX, NeuronSpec, socket_name
+from exmachina.topology import COORDINATOR, INBOX, NeuronSpec, socket_name
 
 # Recently dropped samples: their stragglers (still in flight when DROP came) are discarded.
 REMEMBER_DROPPED = 64
@@ -210,8 +210,9 @@ def _fmt(values: np.ndarray, limit: int = 8) -> str:
     return f"[{shown}{' ...' if len(values) > limit else ''}]"
 
 
-def serve(spec: NeuronSpec, site: Site) -> None:
-    """Process entry point: bind, say hello, get wired, then handle messages until told to stop."""
+def serve(spec: NeuronSpec, site: Site, keys: curve.Keypair | None = None) -> None:
+    """Process entry point: bind, say hello, get wired, then handle messages until told to stop.
+    `keys`: this neuron's own CURVE keypair when the run's links are encrypted."""
     log = open_log(
         spec.id, RunDir(site.run_dir).log(spec.id), site.log_level, site.log_max_bytes, site.log_backups
     )
@@ -224,7 +225,7 @@ def serve(spec: NeuronSpec, site: Site) -> None:
         _fmt(spec.axon),
     )
     try:
-        process = NeuronProcess(spec, site, log)
+        process = NeuronProcess(spec, site, log, keys)
     except Exception as exc:  # e.g. a damaged checkpoint: the traceback goes to the log, one line out
         log.exception("crashed on start")
         close_log(log)
@@ -241,8 +242,10 @@ def serve(spec: NeuronSpec, site: Site) -> None:
 class NeuronProcess:
     """The process around a Neuron: its sockets, its wiring, its event loop, its signals and stats."""
 
-    def __init__(self, spec: NeuronSpec, site: Site, log: logging.Logger) -> None:
-        self.spec, self.site, self.log = spec, site, log
+    def __init__(
+        self, spec: NeuronSpec, site: Site, log: logging.Logger, keys: curve.Keypair | None = None
+    ) -> None:
+        self.spec, self.site, self.log, self.keys = spec, site, log, keys
         self.neuron = Neuron(spec, log)
         state = checkpoints.latest(site.run_dir, spec.id)  # a damaged file raises: crash on start
         self.restored = state is not None and state["updates"] > spec.updates
@@ -259,15 +262,37 @@ class NeuronProcess:
         self.stop_signal: list[int] = []
         self.waiting = False  # blocked in recv: only then may a signal interrupt (see _on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
-        self.ctx = transport.context(sockets=len(spec.upstream) + len(spec.downstream) + 2)
+        sockets = len(spec.upstream) + len(spec.downstream) + 2
+        self.ctx = transport.context(sockets + (curve.GATEKEEPER_SOCKETS if keys is not None else 0))
+        self.gatekeeper = None
+        if keys is not None:  # only this neuron's neighbours and the coordinator may link to it
+            neighbours = {*spec.upstream, *spec.downstream, COORDINATOR}
+            self.gatekeeper = curve.Gatekeeper(
+                self.ctx, {p: site.public_keys[p] for p in neighbours}, log, site.public_keys
+            )
         # Every link into this neuron (activities from upstream, errors from downstream, control from
         # the coordinator) is its own PUSH socket connected to this one PULL: the pipeline pattern's
         # fan-in. One socket means one blocking recv per message and no poller, which is most of
         # what a wakeup costs; the kind of each message says what it is.
-        self.inbox, inbox = transport.pull(self.ctx, site.transport, site.place, socket_name(spec.id, INBOX))
+        self.inbox, inbox = transport.pull(
+            self.ctx, site.transport, site.place, socket_name(spec.id, INBOX), keys
+        )
+        if self.gatekeeper is not None:
+            self.gatekeeper.start(self.inbox)
+            log.info(
+                "curve: inbox is a CURVE server with public key %s; admits %d peers' keys",
+                keys.public.decode(),
+                len(self.gatekeeper.admitted),
+            )
         self.inbox.setsockopt(zmq.RCVTIMEO, max(1, int(site.stats_interval * 1000)))
         self.endpoints = {INBOX: inbox}
-        self.coordinator = transport.push(self.ctx, site.coordinator, transport.CONTROL_LINGER_MS)
+        self.coordinator = self._link(site.coordinator, COORDINATOR, transport.CONTROL_LINGER_MS)
+
+    def _link(self, endpoint: str, peer: str, linger_ms: int = transport.SYNAPSE_LINGER_MS) -> zmq.Socket:
+        """A PUSH to a peer's inbox: a CURVE client of that peer's key when the run uses CURVE."""
+        if self.keys is None:
+            return transport.push(self.ctx, endpoint, linger_ms)
+        return transport.push(self.ctx, endpoint, linger_ms, self.keys, self.site.public_keys[peer])
 
     def _on_signal(self, signum: int, frame: object) -> None:
         """Stop after the message in hand; a neuron blocked in recv is woken at once."""
@@ -347,8 +372,8 @@ class NeuronProcess:
                 )
             for link in n.axon.links + n.dendrites.links:
                 link.close()
-            n.axon.links = [transport.push(self.ctx, ep) for ep in downstream]
-            n.dendrites.links = [transport.push(self.ctx, ep) for ep in upstream]
+            n.axon.links = [self._link(ep, peer) for ep, peer in zip(downstream, spec.downstream)]
+            n.dendrites.links = [self._link(ep, peer) for ep, peer in zip(upstream, spec.upstream)]
             self.log.info(
                 "wired: %d input synapses from %s; %d output synapses to %s",
                 len(upstream),
@@ -430,6 +455,8 @@ class NeuronProcess:
             n.reported_updates = n.updates
 
     def close(self) -> None:
+        if self.gatekeeper is not None:  # its thread uses sockets of the context: it goes first
+            self.gatekeeper.stop()
         self.ctx.destroy(linger=0)
         transport.release(list(self.endpoints.values()))
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,9 @@ class Site:
     log_backups: int
     stats_interval: float
     checkpoint_every: int
+    # CURVE: every process's public key by id (None: links in the clear). Secret keys are never
+    # here: each process gets its own as an argument of its start (exmachina/curve.py).
+    public_keys: dict[str, bytes] | None = field(default=None, repr=False)
 
 
 class RunDir:

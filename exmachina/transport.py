@@ -15,6 +15,8 @@ from pathlib import Path
 
 import zmq
 
+from exmachina import curve
+
 # Exact training keeps one sample in flight: a link never holds more than a few messages. The mark is
 # a safety bound against a runaway sender, far above any legitimate depth.
 HIGH_WATER_MARK = 10_000
@@ -73,20 +75,34 @@ def ensure_fd_limit(sockets: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
-def pull(ctx: zmq.Context, transport: str, place: str, name: str) -> tuple[zmq.Socket, str]:
-    """Bind a PULL socket; returns it and the endpoint peers must connect to."""
+def pull(
+    ctx: zmq.Context, transport: str, place: str, name: str, keys: curve.Keypair | None = None
+) -> tuple[zmq.Socket, str]:
+    """Bind a PULL socket (a CURVE server when given keys); returns it and the endpoint peers must
+    connect to."""
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
     sock.setsockopt(zmq.LINGER, SYNAPSE_LINGER_MS)
+    if keys is not None:
+        curve.serve(sock, keys)
     sock.bind(bind_address(transport, place, name))
     return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
-def push(ctx: zmq.Context, endpoint: str, linger_ms: int = SYNAPSE_LINGER_MS) -> zmq.Socket:
-    """Connect one PUSH link to a peer's PULL endpoint."""
+def push(
+    ctx: zmq.Context,
+    endpoint: str,
+    linger_ms: int = SYNAPSE_LINGER_MS,
+    keys: curve.Keypair | None = None,
+    server_key: bytes | None = None,
+) -> zmq.Socket:
+    """Connect one PUSH link to a peer's PULL endpoint (as a CURVE client of `server_key` when given
+    keys)."""
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
     sock.setsockopt(zmq.LINGER, linger_ms)
+    if keys is not None:
+        curve.client(sock, keys, server_key)
     sock.connect(endpoint)
     return sock
 

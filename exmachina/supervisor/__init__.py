@@ -20,7 +20,7 @@ from typing import Annotated
 import psutil
 import typer
 
-from exmachina import checkpoints, datasets, topology, transport
+from exmachina import checkpoints, curve, datasets, topology, transport
 from exmachina import parameters as parameters_module
 from exmachina.config import Config, ConfigError, load_config
 from exmachina.coordinator import coordinate
@@ -29,7 +29,7 @@ from exmachina.logs import close_log, open_log
 from exmachina.neuron import serve
 from exmachina.parameters import Parameters
 from exmachina.runs import RunDir, Site, resolve
-from exmachina.topology import COORDINATOR
+from exmachina.topology import COORDINATOR, NeuronSpec
 from supervisor import ChildSpec, Event, Supervisor
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STALLED = 0, 1, 2, 3
@@ -116,6 +116,10 @@ def _learn(
         ids = [s.id for s in topology.neurons(config, start)] + [COORDINATOR]
         checkpoints.discard_after(run.path, ids, updates)
         run.truncate_metrics(position["epoch"])
+    specs = topology.neurons(config, start, updates)
+    # CURVE keys live only in memory: each child's own keypair travels in its start arguments (the
+    # forkserver's pipe), the public ones in the Site. A resumed run makes new ones: nothing to keep.
+    keys = curve.generate([s.id for s in specs] + [COORDINATOR]) if config.uses_curve else None
     site = Site(
         rt.transport,
         str(sockets) if sockets else rt.host,
@@ -126,32 +130,9 @@ def _learn(
         rt.log_backups,
         rt.stats_interval,
         rt.checkpoint_every,
+        curve.public_keys(keys) if keys else None,
     )
-    specs = topology.neurons(config, start, updates)
-    children = [
-        ChildSpec(
-            id=s.id,
-            target=serve,
-            args=(s, site),
-            restart="permanent",
-            shutdown=5.0,
-            title=f"exmachina: neuron {s.id}",
-        )
-        for s in specs
-    ]
-    # The coordinator is not restarted: if it dies the run stops (the model is rebuilt from the neurons'
-    # checkpoints) and `exmachina learn --resume RUN` takes up from the last consistent checkpoint.
-    children.append(
-        ChildSpec(
-            id=COORDINATOR,
-            target=coordinate,
-            args=(config, site, train, holdout if config.data.holdout else None, position),
-            restart="temporary",
-            significant=True,
-            shutdown=60.0,
-            title="exmachina: coordinator",
-        )
-    )
+    children = child_specs(config, site, specs, (train, holdout), position, keys)
     log = open_log("supervisor", run.log("supervisor"), rt.log_level, rt.log_max_bytes, rt.log_backups)
     sup = Supervisor(
         children,
@@ -221,6 +202,52 @@ def _learn(
     if summary.get("status") == "stalled":
         return EXIT_STALLED
     return EXIT_OK if code == 0 and summary.get("status") == "completed" else EXIT_FAILED
+
+
+def child_specs(
+    config: Config,
+    site: Site,
+    specs: list[NeuronSpec],
+    data: tuple[datasets.Dataset, datasets.Dataset | None],
+    position: dict | None,
+    keys: dict[str, curve.Keypair] | None,
+) -> list[ChildSpec]:
+    """One child per neuron, then the coordinator. With CURVE each child is handed its own keypair,
+    and only its own: a restarted neuron comes back with the same key, so its peers still trust it."""
+    keys = keys or {}
+    children = [
+        ChildSpec(
+            id=s.id,
+            target=serve,
+            args=(s, site, keys.get(s.id)),
+            restart="permanent",
+            shutdown=5.0,
+            title=f"exmachina: neuron {s.id}",
+        )
+        for s in specs
+    ]
+    # The coordinator is not restarted: if it dies the run stops (the model is rebuilt from the neurons'
+    # checkpoints) and `exmachina learn --resume RUN` takes up from the last consistent checkpoint.
+    train, holdout = data
+    children.append(
+        ChildSpec(
+            id=COORDINATOR,
+            target=coordinate,
+            args=(
+                config,
+                site,
+                train,
+                holdout if config.data.holdout else None,
+                position,
+                keys.get(COORDINATOR),
+            ),
+            restart="temporary",
+            significant=True,
+            shutdown=60.0,
+            title="exmachina: coordinator",
+        )
+    )
+    return children
 
 
 def _model_from_checkpoints(config: Config, run: RunDir) -> int | None:
