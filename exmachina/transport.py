@@ -57,7 +57,7 @@ def context(sockets: int) -> zmq.Context:
     """A context sized for `sockets` sockets, with the fd soft limit raised to match."""
     ensure_fd_limit(sockets)
     ctx = zmq.Context(io_threads=1)
-    ctx.setsockopt(zmq.MAX_SOCKETS, max(1024, sockets + 64))
+    ctx.set(zmq.MAX_SOCKETS, max(1024, sockets + 64))  # a context option: set, not setsockopt
     return ctx
 
 

@@ -1,14 +1,16 @@
-"""The wire protocol: every kind round-trips; anything malformed is a WireError, never a crash."""
+"""The wire protocol: every kind round-trips; anything malformed is a WireError, never a crash.
+And the transport under it holds as many sockets as a big network needs."""
 
 from __future__ import annotations
 
 import msgpack
 import numpy as np
 import pytest
+import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exmachina import wire
+from exmachina import transport, wire
 
 GOOD = [
     (wire.FORWARD, 17, 3, wire.payload(np.array([0.25]))),
@@ -70,3 +72,16 @@ def test_batches_travel_as_raw_float64():
     for bad in (b"", b"\x00" * 7, b"\x00" * 12):
         with pytest.raises(wire.WireError):
             wire.values(bad)
+
+
+def test_a_context_holds_more_sockets_than_libzmqs_default_1023():
+    """The coordinator holds a control link per neuron: 2,000 neurons need 2,000+ sockets."""
+    ctx = transport.context(sockets=2_000)
+    sockets = []
+    try:
+        assert ctx.get(zmq.MAX_SOCKETS) >= 2_000
+        sockets = [ctx.socket(zmq.PUSH) for _ in range(2_000)]
+    finally:
+        for sock in sockets:
+            sock.close(linger=0)
+        ctx.term()
