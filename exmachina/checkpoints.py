@@ -33,8 +33,14 @@ def directory(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def save(run_dir: str | Path, owner: str, count: int, state: dict[str, Any]) -> Path:
-    """Atomically write one checkpoint and prune the owner's old ones."""
+def save(
+    run_dir: str | Path, owner: str, count: int, state: dict[str, Any], kept: list[int] | None = None
+) -> Path:
+    """Atomically write one checkpoint and prune the owner's old ones.
+
+    `kept`: the owner's counts on disk, oldest first, kept up to date here. A neuron passes its own
+    list, so that pruning needs no listing of a directory that holds a file per neuron several times
+    over; without it the directory is read."""
     folder = directory(run_dir)
     folder.mkdir(exist_ok=True)
     path = folder / f"{owner}.{count:012d}.ckpt"
@@ -42,8 +48,14 @@ def save(run_dir: str | Path, owner: str, count: int, state: dict[str, Any]) -> 
     with open(tmp, "wb") as fh:
         fh.write(msgpack.packb({"owner": owner, "count": count, **state}, use_bin_type=True))
     os.replace(tmp, path)
-    for old in counts(run_dir, owner)[:-KEEP]:
+    if kept is None:
+        kept = counts(run_dir, owner)
+    elif count not in kept:
+        kept.append(count)
+        kept.sort()
+    for old in kept[:-KEEP]:
         (folder / f"{owner}.{old:012d}.ckpt").unlink(missing_ok=True)
+    del kept[:-KEEP]
     return path
 
 

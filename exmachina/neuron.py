@@ -247,6 +247,7 @@ class NeuronProcess:
     ) -> None:
         self.spec, self.site, self.log, self.keys = spec, site, log, keys
         self.neuron = Neuron(spec, log)
+        self.kept = checkpoints.counts(site.run_dir, spec.id)  # listed once; save() keeps it current
         state = checkpoints.latest(site.run_dir, spec.id)  # a damaged file raises: crash on start
         self.restored = state is not None and state["updates"] > spec.updates
         if self.restored:
@@ -417,6 +418,7 @@ class NeuronProcess:
             self.spec.id,
             n.updates,
             checkpoints.neuron_state(n.axon.weights, float(n.bias), n.updates),
+            self.kept,
         )
         self.log.debug("checkpoint at update %d", n.updates)
 

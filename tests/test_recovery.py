@@ -232,6 +232,12 @@ def test_half_written_checkpoints_are_never_loaded(tmp_path):
     for count in (100, 120, 140, 160):
         checkpoints.save(run, "hidden1.0", count, state)
     assert checkpoints.counts(run, "hidden1.0") == [120, 140, 160], "only the last three are kept"
+    # a neuron passes the counts it knows of instead of listing the directory: the same result
+    kept = checkpoints.counts(run, "hidden1.0")
+    for count in (180, 180, 200, 220):  # a count saved twice (asked for, and periodic) is one file
+        checkpoints.save(run, "hidden1.0", count, state, kept)
+        assert kept == checkpoints.counts(run, "hidden1.0")
+    assert kept == [180, 200, 220]
     assert checkpoints.common_count(run, ["hidden1.0", "coordinator"]) is None
 
 
