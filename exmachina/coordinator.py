@@ -29,7 +29,7 @@ from exmachina.activations import LOSSES, accuracy, predictions
 from exmachina.config import Config
 from exmachina.datasets import Dataset, epoch_order
 from exmachina.logs import close_log, open_log
-from exmachina.parameters import Parameters
+from exmachina.parameters import Parameters, of_config
 from exmachina.progress import Progress
 from exmachina.runs import RunDir, Site, write_json
 from exmachina.topology import COORDINATOR, INBOX, layer_ids
@@ -474,15 +474,7 @@ class Coordinator:
                         axons[layer][index] = weights
         finally:
             self.backlog.extendleft(reversed(traffic))
-        c = self.config
-        layers = range(len(sizes))
-        return Parameters(
-            axons,
-            biases,
-            [c.activation(i) for i in layers],
-            [c.learns_bias(i) for i in layers],
-            [layer.name for layer in c.network.layers],
-        )
+        return of_config(self.config, axons, biases)
 
     def checkpoint(self, final: bool = False) -> Parameters:
         """Every neuron saves itself at the current count, then the coordinator saves its position.

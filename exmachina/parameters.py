@@ -75,7 +75,12 @@ def initial(config: Config) -> Parameters:
     for i, size in enumerate(sizes):
         lo, hi = config.bias_init(i)
         biases.append(rng.uniform(lo, hi, size=size))
-    layers = range(len(sizes))
+    return of_config(config, axons, biases)
+
+
+def of_config(config: Config, axons: list[np.ndarray], biases: list[np.ndarray]) -> Parameters:
+    """Weights and biases, with the activations, bias switches and layer names the config gives."""
+    layers = range(len(config.layer_sizes))
     return Parameters(
         axons,
         biases,
