@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import psutil
@@ -194,14 +195,21 @@ def test_ps_lists_every_neuron_of_a_live_run_with_its_pid(tmp_path):
             stderr=subprocess.PIPE,
             text=True,
         )
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(follower.stdout), daemon=True)
         try:
-            first = follower.stdout.readline()  # it has printed the backlog: now it is following
+            reader.start()
+            wait_for(lambda: lines, timeout=10)  # it has printed the backlog: now it is following
             log = run / "neurons" / "hidden1.0.log"
             size = log.stat().st_size
             wait_for(lambda: log.stat().st_size > size, timeout=10)
+            # the follower reads on its own schedule: wait until it has printed what was appended
+            wait_for(lambda: any("stats updates=" in line for line in lines), timeout=10)
             follower.send_signal(signal.SIGINT)
-            out, err = follower.communicate(timeout=10)
-            out = first + out
+            follower.wait(timeout=10)
+            reader.join(timeout=10)
+            err = follower.stderr.read()
+            out = "".join(lines)
         finally:
             follower.kill()
         assert follower.returncode == 0 and not err, err
