@@ -15,7 +15,12 @@ $(VENV)/.installed: pyproject.toml
 learn: $(VENV)/.installed
 	$(PY) -m exmachina.supervisor --config $(CONFIG)
 
-test: $(VENV)/.installed
+# The tests also cover neurons placed on a two-node Ray cluster: the optional extra comes with them.
+$(VENV)/.ray-installed: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[test,ray]'
+	touch $@
+
+test: $(VENV)/.ray-installed
 	$(PY) -m ruff check exmachina supervisor tests
 	$(PY) -m pytest -q
 

@@ -84,6 +84,29 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class PlacementConfig:
+    """Where neurons run: here, under our own supervisor, or as actors on a Ray cluster's nodes.
+    A node is named by a custom resource its `ray start --resources` declares."""
+
+    engine: Literal["local", "ray"] = "local"
+    address: str = "auto"  # ray: the cluster to join ("auto": the one `ray start` made on this host)
+    rule: Literal["round_robin", "by_layer", "explicit"] = "round_robin"
+    nodes: list[str] = field(default_factory=list)  # round_robin: neuron k goes to nodes[k % len]
+    layers: dict[str, str] = field(default_factory=dict)  # by_layer: layer name -> node
+    neurons: dict[str, str] = field(default_factory=dict)  # explicit: neuron id -> node (others: by
+    # layer when `layers` is given, else round robin over `nodes`)
+    max_restarts: int = 5  # ray: how many times Ray restarts a neuron's actor that died
+
+    def node_of(self, neuron: str, layer: str, index: int) -> str | None:
+        """The node label a neuron is pinned to (None: wherever Ray likes); index counts all neurons."""
+        if neuron in self.neurons:
+            return self.neurons[neuron]
+        if layer in self.layers:
+            return self.layers[layer]
+        return self.nodes[index % len(self.nodes)] if self.nodes else None
+
+
+@dataclass(frozen=True)
 class Config:
     name: str
     seed: int
@@ -91,6 +114,7 @@ class Config:
     training: TrainingConfig
     data: DataConfig
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
     source: str = field(default="<memory>", metadata={"yaml": False})  # the file, for messages
 
     @property
@@ -220,6 +244,13 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         if not isinstance(value, list):
             _fail(source, key, f"expected a list, got {_kind(value)}")
         return [_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            _fail(source, key, f"expected a mapping, got {_kind(value)}")
+        return {
+            _coerce(k, args[0], key, source): _coerce(v, args[1], f"{key}.{k}", source)
+            for k, v in value.items()
+        }
     if origin is tuple:
         if not isinstance(value, list | tuple) or len(value) != len(args):
             _fail(source, key, f"expected a list of {len(args)} numbers, got {value!r}")
@@ -314,9 +345,41 @@ def _check(c: Config) -> None:
         )
     if r.stats_interval <= 0:
         _fail(s, "runtime.stats_interval", "must be positive")
+    _check_placement(c)
     if c.uses_curve:
         import zmq
 
         if not zmq.has("curve"):
             _fail(s, "runtime.curve", "this libzmq has no CURVE support: set curve: off")
     assert set(ACTIVATIONS) == set(typing.get_args(ActivationName))
+
+
+def _check_placement(c: Config) -> None:
+    s, p = c.source, c.placement
+    if p.engine == "local":
+        for key in ("nodes", "layers", "neurons"):
+            if getattr(p, key):
+                _fail(s, f"placement.{key}", "only a ray placement places neurons on nodes")
+        return
+    if c.runtime.transport != "tcp":
+        _fail(s, "runtime.transport", "neurons on several hosts need transport: tcp (ipc is one host)")
+    layer_names = [layer.name for layer in c.network.layers]
+    for name in p.layers:
+        if name not in layer_names:
+            _fail(s, f"placement.layers.{name}", f"no such layer (layers: {', '.join(layer_names)})")
+    ids = {f"{layer.name}.{i}" for layer in c.network.layers for i in range(layer.size)}
+    for nid in p.neurons:
+        if nid not in ids:
+            _fail(s, f"placement.neurons.{nid}", "no such neuron (ids are layer.index, e.g. hidden.0)")
+    if p.rule == "round_robin" and not p.nodes:
+        _fail(s, "placement.nodes", "round_robin needs the list of node labels to deal neurons over")
+    if p.rule == "by_layer":
+        missing = [name for name in layer_names if name not in p.layers]
+        if missing:
+            _fail(
+                s, "placement.layers", f"by_layer needs a node for each layer, none for {', '.join(missing)}"
+            )
+    if p.rule == "explicit" and not p.neurons:
+        _fail(s, "placement.neurons", "explicit needs a mapping of neuron id -> node label")
+    if p.max_restarts < 0:
+        _fail(s, "placement.max_restarts", f"must be >= 0, got {p.max_restarts}")

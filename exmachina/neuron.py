@@ -13,7 +13,9 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import zmq
@@ -210,9 +212,15 @@ def _fmt(values: np.ndarray, limit: int = 8) -> str:
     return f"[{shown}{' ...' if len(values) > limit else ''}]"
 
 
-def serve(spec: NeuronSpec, site: Site, keys: curve.Keypair | None = None) -> None:
+def serve(
+    spec: NeuronSpec,
+    site: Site,
+    keys: curve.Keypair | None = None,
+    started: Callable[[NeuronProcess], None] | None = None,
+) -> None:
     """Process entry point: bind, say hello, get wired, then handle messages until told to stop.
-    `keys`: this neuron's own CURVE keypair when the run's links are encrypted."""
+    `keys`: this neuron's own CURVE keypair when the run's links are encrypted; `started`: told the
+    process once it is bound (a Ray actor keeps it to pass on a stop)."""
     log = open_log(
         spec.id, RunDir(site.run_dir).log(spec.id), site.log_level, site.log_max_bytes, site.log_backups
     )
@@ -231,6 +239,8 @@ def serve(spec: NeuronSpec, site: Site, keys: curve.Keypair | None = None) -> No
         close_log(log)
         print(f"exmachina: neuron {spec.id} crashed on start: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    if started is not None:
+        started(process)
     try:
         process.run()
     finally:
@@ -262,7 +272,8 @@ class NeuronProcess:
         self.last_problem = ""
         self.stop_signal: list[int] = []
         self.waiting = False  # blocked in recv: only then may a signal interrupt (see _on_signal)
-        signal.signal(signal.SIGTERM, self._on_signal)
+        if threading.current_thread() is threading.main_thread():  # not so in a Ray actor's thread
+            signal.signal(signal.SIGTERM, self._on_signal)
         sockets = len(spec.upstream) + len(spec.downstream) + 2
         self.ctx = transport.context(sockets + (curve.GATEKEEPER_SOCKETS if keys is not None else 0))
         self.gatekeeper = None

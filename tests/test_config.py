@@ -46,6 +46,39 @@ BAD = {
         xor_config(runtime={"log_backups": 0}),
         "runtime.log_backups: must be at least 1",
     ),
+    "ray over ipc": (
+        xor_config(placement={"engine": "ray", "nodes": ["a"]}),
+        "runtime.transport: neurons on several hosts need transport: tcp",
+    ),
+    "placement on an unknown layer": (
+        xor_config(
+            runtime={"transport": "tcp"},
+            placement={"engine": "ray", "rule": "by_layer", "layers": {"input": "a", "hiden1": "b"}},
+        ),
+        "placement.layers.hiden1: no such layer",
+    ),
+    "by_layer with a layer left out": (
+        xor_config(
+            runtime={"transport": "tcp"},
+            placement={"engine": "ray", "rule": "by_layer", "layers": {"input": "a", "hidden1": "b"}},
+        ),
+        "placement.layers: by_layer needs a node for each layer, none for output",
+    ),
+    "round robin without nodes": (
+        xor_config(runtime={"transport": "tcp"}, placement={"engine": "ray"}),
+        "placement.nodes: round_robin needs the list of node labels",
+    ),
+    "explicit on an unknown neuron": (
+        xor_config(
+            runtime={"transport": "tcp"},
+            placement={"engine": "ray", "rule": "explicit", "neurons": {"hidden1.7": "b"}},
+        ),
+        "placement.neurons.hidden1.7: no such neuron",
+    ),
+    "nodes for a local run": (
+        xor_config(placement={"nodes": ["a", "b"]}),
+        "placement.nodes: only a ray placement places neurons on nodes",
+    ),
 }
 
 

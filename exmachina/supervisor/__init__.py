@@ -20,7 +20,7 @@ from typing import Annotated
 import psutil
 import typer
 
-from exmachina import checkpoints, curve, datasets, topology, transport
+from exmachina import checkpoints, curve, datasets, placement, topology, transport
 from exmachina import parameters as parameters_module
 from exmachina.config import Config, ConfigError, load_config
 from exmachina.coordinator import coordinate
@@ -78,19 +78,33 @@ def learn(config_path: str | Path | None = None, resume: str | Path | None = Non
         else:
             config, data = prepare(config_path)
         sockets = transport.socket_dir() if config.runtime.transport == "ipc" else None
-    except (ConfigError, DatasetError, transport.TransportError, checkpoints.CheckpointError, OSError) as exc:
+        host = placement.join(config) if config.placement.engine == "ray" else config.runtime.host
+    except (
+        ConfigError,
+        DatasetError,
+        transport.TransportError,
+        checkpoints.CheckpointError,
+        placement.PlacementError,
+        OSError,
+    ) as exc:
         print(f"exmachina: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        return _learn(config, data, sockets, resumption, out)
+        return _learn(config, data, sockets, host, resumption, out)
     finally:
         if sockets is not None:
             shutil.rmtree(sockets, ignore_errors=True)
 
 
 def _learn(
-    config: Config, data: datasets.Dataset, sockets: Path | None, resumption: Resumption | None, out
-) -> int:  # noqa: ANN001
+    config: Config,
+    data: datasets.Dataset,
+    sockets: Path | None,
+    host: str,
+    resumption: Resumption | None,
+    out,  # noqa: ANN001
+) -> int:
+    """`host`: the address tcp processes bind here (this Ray node's address on a Ray placement)."""
     try:
         _set_title("exmachina: supervisor")
         rt = config.runtime
@@ -99,7 +113,7 @@ def _learn(
             for spec_id in topology.layer_ids(config, 0):  # the longest names are checked up front
                 transport.bind_address("ipc", str(sockets), topology.socket_name(spec_id))
         else:
-            coordinator = f"tcp://{rt.host}:{_free_port(rt.host)}"
+            coordinator = f"tcp://{host}:{_free_port(host)}"
     except (transport.TransportError, OSError) as exc:
         print(f"exmachina: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -122,7 +136,7 @@ def _learn(
     keys = curve.generate([s.id for s in specs] + [COORDINATOR]) if config.uses_curve else None
     site = Site(
         rt.transport,
-        str(sockets) if sockets else rt.host,
+        str(sockets) if sockets else host,
         coordinator,
         str(run.path),
         rt.log_level,
@@ -132,8 +146,10 @@ def _learn(
         rt.checkpoint_every,
         curve.public_keys(keys) if keys else None,
     )
-    children = child_specs(config, site, specs, (train, holdout), position, keys)
+    on_ray = config.placement.engine == "ray"
+    children = child_specs(config, site, [] if on_ray else specs, (train, holdout), position, keys)
     log = open_log("supervisor", run.log("supervisor"), rt.log_level, rt.log_max_bytes, rt.log_backups)
+    actors = placement.RayNeurons(config, site, specs, log) if on_ray else None
     sup = Supervisor(
         children,
         strategy="one_for_one",
@@ -161,9 +177,13 @@ def _learn(
         verb = f"resuming at update {updates}" if resumption else "run directory"
         out(f"exmachina: {len(specs)} neurons + coordinator, {verb} {run.path}")
         sup.start()
+        if actors is not None:  # a neuron Ray gave up on stops the run, as too many restarts do here
+            actors.start(keys, on_failure=lambda nid: sup.request_stop())
         memory.start()
         outcome = sup.run()
     finally:
+        if actors is not None:
+            actors.stop(run)
         sup.stop()
         memory.stop()
         for s, handler in previous.items():
@@ -176,7 +196,7 @@ def _learn(
         summary["status"] = "crashed"
         summary["model_from_checkpoints"] = _model_from_checkpoints(config, run)
     summary.update(
-        processes=len(children) + 1,
+        processes=len(specs) + 2,
         peak_pss_mb=round(memory.peak / 2**20, 1),
         supervisor_restarts=outcome.restarts,
         supervisor_outcome=outcome.reason,
@@ -189,6 +209,14 @@ def _learn(
         print(
             f"exmachina: too many restarts (more than {rt.max_restarts} in {rt.restart_period:g} s): run "
             f"stopped, see {run.log('supervisor')}; resume with: exmachina learn --resume {run.path}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    if actors is not None and actors.failed:
+        print(
+            f"exmachina: Ray could not keep neuron {actors.failed[0]} alive (placement.max_restarts "
+            f"{config.placement.max_restarts}): run stopped; resume with: exmachina learn --resume "
+            f"{run.path}",
             file=sys.stderr,
         )
         return EXIT_FAILED
@@ -212,8 +240,9 @@ def child_specs(
     position: dict | None,
     keys: dict[str, curve.Keypair] | None,
 ) -> list[ChildSpec]:
-    """One child per neuron, then the coordinator. With CURVE each child is handed its own keypair,
-    and only its own: a restarted neuron comes back with the same key, so its peers still trust it."""
+    """One child per neuron (none when Ray runs the neurons), then the coordinator. With CURVE each
+    child is handed its own keypair, and only its own: a restarted neuron comes back with the same
+    key, so its peers still trust it."""
     keys = keys or {}
     children = [
         ChildSpec(

@@ -1,0 +1,127 @@
+"""Neurons placed on two Ray nodes: a real local Ray cluster (a head and a second node, each with its
+own resource label, both on this machine), real actors, real tcp links with CURVE."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from tests.conftest import run_learn, start_learn, wait_for, write_config, xor_config
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'exmachina[ray]')")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+pytestmark = pytest.mark.timeout(420)
+
+LAYERS = {"input": "head", "hidden1": "second", "output": "head"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two Ray nodes on 127.0.0.1, labelled `head` and `second`; afterwards, prove every process
+    of the cluster is gone."""
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    nodes = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "resources": {"head": 1}, "include_dashboard": False},
+    )
+    nodes.add_node(num_cpus=1, resources={"second": 1})
+    yield nodes
+    nodes.shutdown()
+    wait_for(lambda: not [p for p in me.children(recursive=True) if p.pid not in before], timeout=30)
+
+
+def ray_config(cluster: Cluster, **sections) -> dict:
+    placement = {"engine": "ray", "address": cluster.address, "rule": "by_layer", "layers": LAYERS}
+    return xor_config(runtime={"transport": "tcp"}, placement=placement, **sections)
+
+
+def run_dir(tmp_path: Path) -> Path:
+    (found,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir() and not p.is_symlink()]
+    return found
+
+
+def test_xor_split_over_two_nodes_equals_the_local_run(tmp_path, cluster):
+    training = {"learning_rate": 0.5, "epochs": 40}
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "local").mkdir()
+    on_ray = run_learn(write_config(tmp_path / "ray", ray_config(cluster, training=training)), timeout=300)
+    assert on_ray.returncode == 0, on_ray.stderr
+    local = run_learn(
+        write_config(tmp_path / "local", xor_config(runtime={"transport": "tcp"}, training=training))
+    )
+    assert local.returncode == 0, local.stderr
+    ray_run, local_run = run_dir(tmp_path / "ray"), run_dir(tmp_path / "local")
+
+    # bit for bit: the same seed gives the same weights, wherever the neurons ran
+    with np.load(ray_run / "model.npz") as a, np.load(local_run / "model.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for name in a.files:
+            assert np.array_equal(a[name], b[name]), name
+
+    # each layer ran on the node its label names: inputs and output on one node, hidden on the other
+    placed = dict(
+        re.findall(r"neuron (\S+) ran on node (\w+)", (ray_run / "neurons" / "supervisor.log").read_text())
+    )
+    assert len(placed) == 6, placed
+    head = {placed[n] for n in placed if not n.startswith("hidden1")}
+    second = {placed[n] for n in placed if n.startswith("hidden1")}
+    assert len(head) == 1 and len(second) == 1 and head != second, placed
+
+    # the neurons' logs came home to the run directory; nothing of the run is left on the nodes
+    hidden_log = (ray_run / "neurons" / "hidden1.0.log").read_text()
+    assert "wired: 2 input synapses" in hidden_log and "curve: inbox is a CURVE server" in hidden_log
+    assert list((ray_run / "checkpoints").glob("hidden1.0.*.ckpt"))
+    assert not list((Path(tempfile.gettempdir()) / "exmachina-ray").glob(f"*/{ray_run.name}"))
+
+
+def test_a_killed_actor_is_restarted_from_its_checkpoint_and_the_run_goes_on(tmp_path, cluster):
+    config = ray_config(cluster, training={"learning_rate": 0.5, "epochs": 150})
+    config["runtime"]["checkpoint_every"] = 20
+    proc = start_learn(write_config(tmp_path, config))
+    try:
+        # while the run is on, a Ray neuron's log lives on its node
+        node_logs = Path(tempfile.gettempdir()) / "exmachina-ray"
+
+        def hidden_log_with_checkpoint() -> Path | None:
+            for log in node_logs.glob("*/xor-*/neurons/hidden1.1.log"):
+                run = log.parent.parent
+                if (tmp_path / "runs" / run.name).exists() and list(run.glob("checkpoints/hidden1.1.*")):
+                    return log
+            return None
+
+        log = wait_for(hidden_log_with_checkpoint, timeout=240, interval=0.5)
+        pid = int(re.search(r"start pid=(\d+)", log.read_text())[1])
+        os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, err
+    run = run_dir(tmp_path)
+    coordinator_log = (run / "neurons" / "coordinator.log").read_text()
+    assert re.search(r"hidden1\.1 restarted \(pid \d+\) from update \d+", coordinator_log), coordinator_log
+    hidden_log = (run / "neurons" / "hidden1.1.log").read_text()
+    assert "restarted: restored checkpoint at update" in hidden_log
+    assert '"status": "completed"' in (run / "summary.json").read_text()
+
+
+def test_an_address_where_no_cluster_listens_is_one_line_and_exit_2(tmp_path):
+    config = xor_config(
+        runtime={"transport": "tcp"}, placement={"engine": "ray", "address": "127.0.0.1:1", "nodes": ["a"]}
+    )
+    result = run_learn(write_config(tmp_path, config), timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "exmachina: placement.address '127.0.0.1:1': no Ray cluster there ([Errno 111] Connection refused)"
+    )
+    assert not (tmp_path / "runs").exists()
