@@ -3,9 +3,13 @@ own resource label, both on this machine), real actors, real tcp links with CURV
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -13,7 +17,7 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.conftest import run_learn, start_learn, wait_for, write_config, xor_config
+from tests.conftest import REPO, run_learn, start_learn, wait_for, write_config, xor_config
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'exmachina[ray]')")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -125,3 +129,91 @@ def test_an_address_where_no_cluster_listens_is_one_line_and_exit_2(tmp_path):
         "exmachina: placement.address '127.0.0.1:1': no Ray cluster there ([Errno 111] Connection refused)"
     )
     assert not (tmp_path / "runs").exists()
+
+
+# -- two hosts, as near as one machine gets: two network namespaces joined by a veth pair ----------
+
+NETNS = {"exm_a": "10.213.0.1", "exm_b": "10.213.0.2"}
+
+
+def ip(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+
+
+def in_netns(ns: str, *command: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, *command], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+
+
+def netns_pids(ns: str) -> list[int]:
+    return [int(p) for p in ip("netns", "pids", ns).stdout.split()]
+
+
+@pytest.fixture
+def two_hosts():
+    """Namespaces exm_a and exm_b, 10.213.0.1 and .2 on the two ends of a veth pair; afterwards every
+    process in them is killed by pid and the namespaces (and so the veth) are deleted."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 to make network namespaces")
+    made = []
+    try:
+        for ns in NETNS:
+            if ip("netns", "add", ns).returncode != 0:
+                pytest.skip(f"cannot create network namespace {ns} (no CAP_SYS_ADMIN here?)")
+            made.append(ns)
+        if ip("link", "add", "exm_va", "type", "veth", "peer", "name", "exm_vb").returncode != 0:
+            pytest.skip("cannot create a veth pair (no CAP_NET_ADMIN here?)")
+        for (ns, address), dev in zip(NETNS.items(), ("exm_va", "exm_vb")):
+            ip("link", "set", dev, "netns", ns)
+            ip("-n", ns, "addr", "add", f"{address}/24", "dev", dev)
+            ip("-n", ns, "link", "set", dev, "up")
+            ip("-n", ns, "link", "set", "lo", "up")
+        yield NETNS
+    finally:
+        for ns in made:
+            for pid in netns_pids(ns):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        for ns in made:
+            wait_for(lambda ns=ns: not netns_pids(ns), timeout=30)
+            ip("netns", "del", ns)
+
+
+def test_neurons_in_two_network_namespaces_over_tcp_with_curve(tmp_path, two_hosts):
+    head, second = two_hosts["exm_a"], two_hosts["exm_b"]
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    common = ["--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"]
+    started = in_netns(
+        "exm_a", ray_cli, "start", "--head", f"--node-ip-address={head}", "--port=6379",
+        '--resources={"host_a": 1}', *common,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr[-2000:]
+    joined = in_netns(
+        "exm_b", ray_cli, "start", f"--address={head}:6379", f"--node-ip-address={second}",
+        '--resources={"host_b": 1}', "--num-cpus=1", "--disable-usage-stats",
+    )  # fmt: skip
+    assert joined.returncode == 0, joined.stderr[-2000:]
+    placement = {
+        "engine": "ray",
+        "address": f"{head}:6379",
+        "rule": "by_layer",
+        "layers": {"input": "host_a", "hidden1": "host_b", "output": "host_a"},
+    }
+    config = xor_config(runtime={"transport": "tcp", "curve": "on"}, placement=placement)
+    path = write_config(tmp_path, config)
+    result = in_netns(
+        "exm_a", sys.executable, "-m", "exmachina.supervisor", "--config", str(path), timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = run_dir(tmp_path)
+    at = dict(
+        re.findall(
+            r"neuron (\S+) ran on node \w+ \(([\d.]+)\)", (run / "neurons" / "supervisor.log").read_text()
+        )
+    )
+    assert {at[f"hidden1.{i}"] for i in range(3)} == {second}, at
+    assert {at[n] for n in ("input.0", "input.1", "output.0")} == {head}, at
+    # the hidden neurons' inboxes were CURVE servers on the other namespace's address
+    hidden_log = (run / "neurons" / "hidden1.0.log").read_text()
+    assert f"inbox=tcp://{second}:" in hidden_log and "curve: inbox is a CURVE server" in hidden_log
