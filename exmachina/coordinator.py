@@ -36,7 +36,6 @@ from exmachina.topology import COORDINATOR, INBOX, layer_ids
 
 RECENT = 200  # the original's progress figure: share correct of the last 200 training predictions
 SHOWN_PREDICTIONS = 20  # kept in predictions.json for the viewer
-STARTUP_TIMEOUT_S = 60.0
 STOP_GRACE_S = 0.5  # on SIGTERM: for the sample in flight, then for the final checkpoint (the
 # lifeline gives an orphaned coordinator 2 s in all before it is killed)
 MAX_REPLAYS = 3  # a sample that stalls this many times running ends the run
@@ -249,7 +248,7 @@ class Coordinator:
     def connect(self) -> None:
         """Collect every neuron's HELLO, send each its wiring, wait until all are READY."""
         started = time.monotonic()
-        deadline = started + STARTUP_TIMEOUT_S
+        deadline = started + self.config.startup_timeout
         while len(self.peers) < len(self.all_ids):
             message = self._receive(deadline)
             if message[0] != wire.HELLO:
@@ -340,7 +339,7 @@ class Coordinator:
     def recover(self, dropped: list[int]) -> None:
         """Wire restarted neurons back in and have every neuron drop the samples in flight."""
         started = time.monotonic()
-        deadline = started + STARTUP_TIMEOUT_S
+        deadline = started + self.config.startup_timeout
         while self.restarted:
             ids, self.restarted = list(dict.fromkeys(self.restarted)), []
             try:
