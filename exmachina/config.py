@@ -96,9 +96,9 @@ class PlacementConfig:
     neurons: dict[str, str] = field(default_factory=dict)  # explicit: neuron id -> node (others: by
     # layer when `layers` is given, else round robin over `nodes`)
     max_restarts: int = 5  # ray: how many times Ray restarts a neuron's actor that died
-    # ray: seconds for every actor to start and say hello. Ray starts worker processes a few at a
-    # time (as many as a node has CPUs), each a second or more: far slower than our forkserver.
-    startup_timeout: float = 300.0
+    # ray: seconds for every actor to start and say hello (default: 60 + 2 per neuron). Ray starts
+    # worker processes a few at a time (as many as a node has CPUs), each a second or more here.
+    startup_timeout: float | None = None
 
     def node_of(self, neuron: str, layer: str, index: int) -> str | None:
         """The node label a neuron is pinned to (None: wherever Ray likes); index counts all neurons."""
@@ -129,7 +129,9 @@ class Config:
     @property
     def startup_timeout(self) -> float:
         """Seconds the coordinator waits for every neuron's HELLO."""
-        return self.placement.startup_timeout if self.placement.engine == "ray" else 60.0
+        if self.placement.engine == "local":
+            return 60.0
+        return self.placement.startup_timeout or 60.0 + 2.0 * sum(self.layer_sizes)
 
     @property
     def layer_sizes(self) -> list[int]:
@@ -389,7 +391,7 @@ def _check_placement(c: Config) -> None:
             )
     if p.rule == "explicit" and not p.neurons:
         _fail(s, "placement.neurons", "explicit needs a mapping of neuron id -> node label")
-    if p.startup_timeout <= 0:
+    if p.startup_timeout is not None and p.startup_timeout <= 0:
         _fail(s, "placement.startup_timeout", f"must be positive, got {p.startup_timeout}")
     if p.max_restarts < 0:
         _fail(s, "placement.max_restarts", f"must be >= 0, got {p.max_restarts}")

@@ -187,18 +187,23 @@ class RayNeurons:
                     self.log.error("neuron %s lost for good (%s)", nid, type(exc).__name__)
                     on_failure(nid)
 
-    def _log_locations(self) -> None:
-        """Where each neuron ran, in the supervisor's log: node, address, pid."""
+    def _log_locations(self, timeout: float = 10.0) -> None:
+        """Where each neuron ran, in the supervisor's log: node, address, pid (asked of all at once:
+        an actor that never started does not hold up the others)."""
         ray = ray_module()
-        for nid, actor in self.actors.items():
-            if nid in self.failed:
-                continue
+        asked = {actor.where.remote(): nid for nid, actor in self.actors.items() if nid not in self.failed}
+        ready, _ = ray.wait(list(asked), num_returns=len(asked), timeout=timeout)
+        answered = set()
+        for ref in ready:
             try:
-                at = ray.get(actor.where.remote(), timeout=STOP_WAIT_S)
-            except Exception as exc:  # noqa: BLE001
-                self.log.warning("neuron %s: location unknown (%s)", nid, type(exc).__name__)
+                at = ray.get(ref)
+            except Exception:  # noqa: BLE001 - it died meanwhile
                 continue
-            self.log.info("neuron %s ran on node %s (%s) pid %d", nid, at["node"], at["ip"], at["pid"])
+            answered.add(asked[ref])
+            self.log.info("neuron %s ran on node %s (%s) pid %d", asked[ref], at["node"], at["ip"], at["pid"])
+        missing = [nid for nid in asked.values() if nid not in answered]
+        if missing:
+            self.log.warning("%d neurons never answered where they ran: %s", len(missing), _some(missing))
 
     def stop(self, run: RunDir) -> None:
         """Stop every neuron still serving, fetch each one's files into the run directory, then
@@ -229,3 +234,7 @@ class RayNeurons:
         if self._watcher is not None:
             self._watcher.join(timeout=5)
         ray.shutdown()
+
+
+def _some(ids: list[str], shown: int = 5) -> str:
+    return ", ".join(ids[:shown]) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
