@@ -187,42 +187,39 @@ class RayNeurons:
                     self.log.error("neuron %s lost for good (%s)", nid, type(exc).__name__)
                     on_failure(nid)
 
-    def _log_locations(self, timeout: float = 10.0) -> None:
-        """Where each neuron ran, in the supervisor's log: node, address, pid (asked of all at once:
-        an actor that never started does not hold up the others)."""
+    def _ask_all(self, method: str, timeout: float) -> dict[str, object]:
+        """Call one method on every actor still in the run, all at once; the answers that came
+        within `timeout`, by neuron (an actor that never started holds up no other)."""
         ray = ray_module()
-        asked = {actor.where.remote(): nid for nid, actor in self.actors.items() if nid not in self.failed}
+        asked = {
+            getattr(actor, method).remote(): nid
+            for nid, actor in self.actors.items()
+            if nid not in self.failed
+        }
         ready, _ = ray.wait(list(asked), num_returns=len(asked), timeout=timeout)
-        answered = set()
+        answers = {}
         for ref in ready:
             try:
-                at = ray.get(ref)
+                answers[asked[ref]] = ray.get(ref)
             except Exception:  # noqa: BLE001 - it died meanwhile
                 continue
-            answered.add(asked[ref])
-            self.log.info("neuron %s ran on node %s (%s) pid %d", asked[ref], at["node"], at["ip"], at["pid"])
-        missing = [nid for nid in asked.values() if nid not in answered]
+        missing = [nid for nid in asked.values() if nid not in answers]
         if missing:
-            self.log.warning("%d neurons never answered where they ran: %s", len(missing), _some(missing))
+            self.log.warning("%d neurons did not answer %s(): %s", len(missing), method, _some(missing))
+        return answers
 
     def stop(self, run: RunDir) -> None:
         """Stop every neuron still serving, fetch each one's files into the run directory, then
-        release the actors."""
+        release the actors. The supervisor's log says where each neuron ran."""
         ray = ray_module()
-        self._log_locations()
+        for nid, at in self._ask_all("where", timeout=10.0).items():
+            self.log.info("neuron %s ran on node %s (%s) pid %d", nid, at["node"], at["ip"], at["pid"])
         for nid, actor in self.actors.items():
             if nid not in self.failed:
                 actor.stop.remote()
         ray.wait(list(self.serving), num_returns=len(self.serving), timeout=STOP_WAIT_S)
         fetched = 0
-        for nid, actor in self.actors.items():
-            if nid in self.failed:
-                continue
-            try:
-                files = ray.get(actor.files.remote(), timeout=STOP_WAIT_S)
-            except Exception as exc:  # noqa: BLE001
-                self.log.warning("neuron %s: its files could not be fetched (%s)", nid, exc)
-                continue
+        for files in self._ask_all("files", timeout=STOP_WAIT_S).values():
             for name, data in files.items():
                 target = run.path / name
                 target.parent.mkdir(exist_ok=True)
