@@ -14,6 +14,7 @@ Ray is an optional extra (`pip install exmachina[ray]`): only this module import
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -124,19 +125,23 @@ class NeuronActor:
     def files(self) -> dict[str, bytes]:
         """This neuron's log and checkpoints, by path relative to the run directory; then forgets
         them here, so a node keeps nothing of a finished run."""
-        found = {str(p.relative_to(self.local)): p.read_bytes() for p in _owned(self.local, self.spec.id)}
-        for path in _owned(self.local, self.spec.id):
+        owned = _owned(self.local, self.spec.id)
+        found = {str(p.relative_to(self.local)): p.read_bytes() for p in owned}
+        for path in owned:
             path.unlink(missing_ok=True)
+        return found
+
+    def tidy(self) -> None:
+        """Remove the run's folders on this node once every neuron's files are fetched (and the
+        shared parents, if no other run uses them)."""
         for folder in (
-            *(self.local / sub for sub in ("neurons", "checkpoints")),
+            self.local / "neurons",
+            self.local / "checkpoints",
             self.local,
             *self.local.parents[:2],
         ):
-            try:
+            with contextlib.suppress(OSError):  # not empty: another run's, or a stranger's file
                 folder.rmdir()
-            except OSError:  # a neighbour on this node still has files here
-                break
-        return found
 
 
 class RayNeurons:
@@ -225,6 +230,7 @@ class RayNeurons:
                 target.parent.mkdir(exist_ok=True)
                 target.write_bytes(data)
                 fetched += 1
+        self._ask_all("tidy", timeout=STOP_WAIT_S)
         self.log.info("fetched %d files from %d neurons' nodes", fetched, len(self.actors))
         for actor in self.actors.values():
             ray.kill(actor, no_restart=True)
