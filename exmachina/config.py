@@ -130,8 +130,8 @@ class Config:
     def startup_timeout(self) -> float:
         """Seconds the coordinator waits for every neuron's HELLO."""
         if self.placement.engine == "local":
-            return 60.0
-        return self.placement.startup_timeout or 60.0 + 2.0 * sum(self.layer_sizes)
+            return STARTUP_TIMEOUT_S
+        return self.placement.startup_timeout or STARTUP_TIMEOUT_S + 2.0 * sum(self.layer_sizes)
 
     @property
     def layer_sizes(self) -> list[int]:
@@ -181,6 +181,7 @@ def _plain(value: Any) -> Any:
 
 
 FILE_SOURCES = ("semeion", "csv")
+STARTUP_TIMEOUT_S = 60.0  # for every neuron's hello; a Ray placement adds 2 s per neuron by default
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 

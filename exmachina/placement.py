@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import socket
 import tempfile
@@ -116,8 +117,6 @@ class NeuronActor:
             self.process.stop_signal.append(signal.SIGTERM)
 
     def where(self) -> dict:
-        import os
-
         import ray
 
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "ip": self.site.place}
