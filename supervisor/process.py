@@ -7,6 +7,7 @@ supervisor can keep per-child bookkeeping such as the restart count in one place
 from __future__ import annotations
 
 import contextlib
+import multiprocessing.process
 import os
 import signal
 import sys
@@ -103,6 +104,10 @@ class ChildProcess:
             target=_bootstrap, args=(self.spec, os.getpid()), name=self.spec.id, daemon=False
         )
         proc.start()
+        # multiprocessing remembers every started process in a module-level set and polls each one
+        # (a fresh selector per child) at every later start: quadratic, seconds of the supervisor's
+        # CPU for a thousand children. The supervisor reaps its own children through their sentinels.
+        multiprocessing.process._children.discard(proc)
         if self._proc is not None:
             self.restarts += 1
         self._proc = proc
