@@ -298,13 +298,17 @@ class NeuronProcess:
             )
         self.inbox.setsockopt(zmq.RCVTIMEO, max(1, int(site.stats_interval * 1000)))
         self.endpoints = {INBOX: inbox}
-        self.coordinator = self._link(site.coordinator, COORDINATOR, transport.CONTROL_LINGER_MS)
+        self.coordinator = self._link(site.coordinator, COORDINATOR, control=True)
 
-    def _link(self, endpoint: str, peer: str, linger_ms: int = transport.SYNAPSE_LINGER_MS) -> zmq.Socket:
+    def _link(self, endpoint: str, peer: str, control: bool = False) -> zmq.Socket:
         """A PUSH to a peer's inbox: a CURVE client of that peer's key when the run uses CURVE."""
-        if self.keys is None:
-            return transport.push(self.ctx, endpoint, linger_ms)
-        return transport.push(self.ctx, endpoint, linger_ms, self.keys, self.site.public_keys[peer])
+        linger, reconnect = (
+            (transport.CONTROL_LINGER_MS, transport.CONTROL_RECONNECT_MAX_MS)
+            if control
+            else (transport.SYNAPSE_LINGER_MS, 0)
+        )
+        server_key = None if self.keys is None else self.site.public_keys[peer]
+        return transport.push(self.ctx, endpoint, linger, self.keys, server_key, reconnect)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         """Stop after the message in hand; a neuron blocked in recv is woken at once."""

@@ -25,6 +25,11 @@ SYNAPSE_LINGER_MS = 0
 # Control replies (HELLO, STATE) must reach the coordinator even if the neuron exits right after.
 CONTROL_LINGER_MS = 2_000
 
+# A neuron says HELLO before the coordinator (started last) has bound: retrying every 100 ms, a
+# thousand waiting neurons spend start-up reconnecting. Its link to the coordinator backs off,
+# doubling, up to this (synapse links keep ZeroMQ's steady 100 ms, for a quick rewiring).
+CONTROL_RECONNECT_MAX_MS = 1_000
+
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes with its terminating NUL
 
 
@@ -95,12 +100,14 @@ def push(
     linger_ms: int = SYNAPSE_LINGER_MS,
     keys: curve.Keypair | None = None,
     server_key: bytes | None = None,
+    reconnect_max_ms: int = 0,
 ) -> zmq.Socket:
     """Connect one PUSH link to a peer's PULL endpoint (as a CURVE client of `server_key` when given
-    keys)."""
+    keys); `reconnect_max_ms` > 0 makes retries back off up to that."""
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
     sock.setsockopt(zmq.LINGER, linger_ms)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, reconnect_max_ms)
     if keys is not None:
         curve.client(sock, keys, server_key)
     sock.connect(endpoint)
