@@ -172,7 +172,7 @@ def _learn(
         sup.request_stop()
 
     previous = {s: signal.signal(s, on_signal) for s in SIGNAL_EXIT}
-    memory = _PeakMemory()
+    memory = _PeakMemory(interval=2.0 + 0.02 * len(specs))
     try:
         verb = f"resuming at update {updates}" if resumption else "run directory"
         out(f"exmachina: {len(specs)} neurons + coordinator, {verb} {run.path}")
@@ -331,7 +331,9 @@ def _free_port(host: str) -> int:
 
 class _PeakMemory:
     """Peak memory of the whole process tree, sampled every few seconds, as the sum of PSS: each
-    shared page (numpy, pyzmq, inherited from the forkserver) counted once, not once per process."""
+    shared page (numpy, pyzmq, inherited from the forkserver) counted once, not once per process.
+    Each reading walks every process's page tables (5% of the CPU every 2 s with 276 neurons), so
+    bigger trees are read less often."""
 
     def __init__(self, interval: float = 2.0) -> None:
         self.peak = 0
