@@ -74,6 +74,7 @@ class Profile:
     core_samples_semeion: int  # 0 skips 256-8-10 on 1 and 2 cores
     reference_min_s: float  # the reference repeats epochs for at least this long
     log_samples: int = 0  # XOR at log levels off, info and debug; 0 skips
+    bare_samples: int = 20  # the bare networks of the training shapes (256-8-10 only with semeion)
 
 
 # Modes of training 256-8-10: (batch size, batches in flight). One per network run: each run starts and
@@ -109,6 +110,7 @@ FULL = Profile(
     core_samples_semeion=80,
     reference_min_s=1.0,
     log_samples=2_000,
+    bare_samples=150,
 )
 
 
@@ -208,6 +210,21 @@ def ipc_latency(round_trips: int, sockets: Path, timeout: float = 60.0) -> dict:
         timeout,
         [ping, pong],
     )
+    return result
+
+
+def bare_network(sizes: list[int], samples: int, sockets: Path, timeout: float) -> dict:
+    """Samples/s of a bare network of this shape: the same processes, links and msgpack messages,
+    neurons that only count and pass them on (bench_ipc). The floor of the stack on this machine: the
+    process network can approach it, never pass it. Every process of it is killed by its session."""
+    directory = Path(tempfile.mkdtemp(prefix="bare-", dir=sockets))
+    proc = _start_worker("bare-network", sizes, str(directory), max(3, samples // 10), samples)
+    try:
+        (result,) = _finish_workers([proc], timeout)
+    finally:
+        _kill([proc])
+        shutil.rmtree(directory, ignore_errors=True)
+    result["messages_per_s"] = result["samples_per_s"] * messages_per_batch(sizes)
     return result
 
 
@@ -644,6 +661,8 @@ NOTES = [
     "XOR's 4-row epochs each end with a checkpoint and a snapshot: compare samples/s with "
     "in-epoch/s to see what that costs.",
     "The machine may be shared: see machine.load_average (start) and load_average_end.",
+    "'of bare' is samples/s over the bare network of the same shape (transport.bare: the same "
+    "processes, links and msgpack messages, neurons that only pass them on): the stack's floor here.",
 ]
 
 
@@ -695,10 +714,18 @@ class Bench:
             "ipc ceiling", lambda: {"status": "ok", **transport_ceiling(p.transport_messages, sockets)}
         )
         latency = self.row("ipc round trip", lambda: {"status": "ok", **ipc_latency(p.round_trips, sockets)})
-        return {"ceiling": ceiling, "latency": latency}
+        bare, timeout = [], 60 + p.bare_samples / 2
 
-    def training(self, semeion: Path, ceiling: float | None) -> list[dict]:
-        """XOR online, then 256-8-10 online, batched, pipelined and both, each with its reference."""
+        def measure(sizes: list[int]) -> dict:
+            return {"status": "ok", **bare_network(sizes, p.bare_samples, sockets, timeout)}
+
+        for sizes in ([2, 2, 1], [256, 8, 10])[: 2 if p.semeion_samples else 1]:
+            bare.append(self.row("bare " + "-".join(map(str, sizes)), lambda z=sizes: measure(z)))
+        return {"ceiling": ceiling, "latency": latency, "bare": bare}
+
+    def training(self, semeion: Path, ceiling: float | None, bare: list[dict] = ()) -> list[dict]:
+        """XOR online, then 256-8-10 online, batched, pipelined and both, each with its reference;
+        each set against the bare network of its shape."""
         p = self.profile
         rows = [self.network("xor 2-2-1 online", xor_config(p.xor_samples), 60 + p.xor_samples / 20)]
         if p.semeion_samples:
@@ -712,9 +739,12 @@ class Bench:
                 rows.append(row)
                 if batch == 1:
                     self.online_by_k[k] = row
+        floors = {tuple(b["sizes"]): b["samples_per_s"] for b in bare if b["status"] == "ok"}
         for row in rows:
             if row["status"] == "ok" and ceiling:
                 row["share_of_ceiling"] = row["synapse_messages_per_s"] / ceiling
+            if row["status"] == "ok" and tuple(row["sizes"]) in floors:
+                row["over_bare"] = row["samples_per_s"] / floors[tuple(row["sizes"])]
         return rows
 
     def pipelining(self, semeion: Path) -> list[dict]:
@@ -801,7 +831,7 @@ def run_bench(
         results["transport"] = bench.transport()
         say("training")
         ceiling = results["transport"]["ceiling"].get("messages_per_s")
-        results["training"] = bench.training(semeion, ceiling)
+        results["training"] = bench.training(semeion, ceiling, results["transport"]["bare"])
         if profile.k_sweep and profile.semeion_samples:
             say("pipelining")
             results["pipelining"] = bench.pipelining(semeion)
@@ -861,6 +891,13 @@ def render(results: dict, console: Console) -> None:
         f"{_rate(c.get('messages_per_s'))} msgs/s;  ipc round trip: median "
         f"{_fmt(lat.get('median_us'), '.1f')} µs, p99 {_fmt(lat.get('p99_us'), '.1f')} µs"
     )
+    for bare in t.get("bare", []):
+        shown = (
+            f"{_rate(bare['samples_per_s'])} samples/s online ({_rate(bare['messages_per_s'])} msgs/s)"
+            if bare["status"] == "ok"
+            else FAILED
+        )
+        console.print(f"{bare['name']} (same processes and messages, no math): {shown}")
     table = Table(title="training (process network vs dense reference, same task)", title_justify="left")
     for col in (
         "task",
@@ -872,6 +909,7 @@ def render(results: dict, console: Console) -> None:
         "msgs/sample",
         "msgs/s",
         "of ceiling",
+        "of bare",
         "CPU µs/msg",
         "peak PSS MB",
     ):
@@ -891,6 +929,7 @@ def render(results: dict, console: Console) -> None:
             _count(row["messages_per_sample"]),
             _rate(row["synapse_messages_per_s"]),
             _fmt(100 * row["share_of_ceiling"], ".1f") + "%" if row.get("share_of_ceiling") else "-",
+            _fmt(row.get("over_bare"), ".2f") + "×" if row.get("over_bare") else "-",
             _fmt(row.get("cpu_us_per_message"), ".1f"),
             _fmt(row.get("peak_pss_mb"), ",.0f"),
         )
@@ -976,7 +1015,8 @@ def render(results: dict, console: Console) -> None:
 
 def _failures(results: dict) -> list[str]:
     rows = [
-        *results.get("transport", {}).values(),
+        *(v for k, v in results.get("transport", {}).items() if k != "bare"),
+        *results.get("transport", {}).get("bare", []),
         *results.get("training", []),
         *results.get("pipelining", []),
         *results.get("startup", []),

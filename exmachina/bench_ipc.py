@@ -1,4 +1,5 @@
-"""The two bare processes of the transport ceiling and the round trip: ZeroMQ and msgpack only.
+"""Bare processes for the bench's baselines, ZeroMQ and msgpack only: the transport ceiling, the
+round trip, and a bare network of the training network's shape whose neurons only pass messages on.
 
 They run as `python -c` workers started by `exmachina.bench`. This module imports only what a worker
 needs (not numpy, rich or the engine), so that a worker starts in a fraction of the time the whole
@@ -8,6 +9,7 @@ bench takes to import: on a busy machine that decides whether its peer waits sec
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -19,8 +21,9 @@ import zmq
 
 # The engine's own values, copied rather than imported so that a worker starts light; a test checks
 # that they still agree.
-FORWARD = 1  # wire.FORWARD
+FORWARD, BACKWARD, STOP = 1, 3, 13  # wire.FORWARD, wire.BACKWARD, wire.STOP
 HIGH_WATER_MARK = 10_000  # transport.HIGH_WATER_MARK
+BARE_IDLE_MS = 30_000
 
 
 def synapse_message(sample: int) -> bytes:
@@ -108,6 +111,105 @@ def _ping_worker(inbox: str, outbox: str, warmup: int, count: int) -> dict:
     }
 
 
+def _bare_neuron(inbox: str, upstream: list[str], downstream: list[str]) -> None:
+    """A neuron with the real one's links and messages but no math: once every input synapse has
+    reported it sends on; once every downstream error is back it sends back. Ends on STOP."""
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.LINGER, 0)
+    pull.setsockopt(zmq.RCVTIMEO, BARE_IDLE_MS)  # an orphan (the bench was killed) ends by itself
+    pull.bind(inbox)
+    ups, downs = [ctx.socket(zmq.PUSH) for _ in upstream], [ctx.socket(zmq.PUSH) for _ in downstream]
+    for sock, endpoint in [*zip(ups, upstream), *zip(downs, downstream)]:
+        sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+        sock.connect(endpoint)
+    pack, payload = msgpack.Packer(use_bin_type=True).pack, bytes(8)
+    inputs = errors = 0
+    while True:
+        try:
+            message = msgpack.unpackb(pull.recv())
+        except zmq.Again:
+            break
+        kind = message[0]
+        if kind == FORWARD:
+            inputs += 1
+            if inputs == len(ups):
+                inputs = 0
+                for sock in downs:
+                    sock.send(pack([FORWARD, message[1], 0, payload]))
+        elif kind == BACKWARD:
+            errors += 1
+            if errors == len(downs):
+                errors = 0
+                for sock in ups:
+                    sock.send(pack([BACKWARD, message[1], 0, payload]))
+        else:
+            break
+    ctx.destroy(linger=0)
+    unlink(inbox)
+
+
+def _bare_network_worker(sizes: list[int], directory: str, warmup: int, samples: int) -> dict:
+    """Fork one bare neuron per neuron of `sizes` (over ipc in `directory`) and drive `samples` online
+    samples through them as the coordinator does: FORWARD to every input neuron, wait for every
+    output, BACKWARD to every output neuron, wait for every input. The floor of what a network of
+    this shape can do on this machine with this stack, whatever the neurons compute."""
+    coordinator = f"ipc://{directory}/coordinator"
+    layers = [[f"ipc://{directory}/{layer}.{i}" for i in range(n)] for layer, n in enumerate(sizes)]
+    pids = []
+    for layer, inboxes in enumerate(layers):
+        upstream = [coordinator] if layer == 0 else layers[layer - 1]
+        downstream = [coordinator] if layer == len(layers) - 1 else layers[layer + 1]
+        for inbox in inboxes:
+            pid = os.fork()
+            if pid == 0:  # the worker has no ZeroMQ context yet: nothing of it crosses the fork
+                try:
+                    _bare_neuron(inbox, upstream, downstream)
+                finally:
+                    os._exit(0)
+            pids.append(pid)
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+    pull.bind(coordinator)
+    inputs, outputs = [ctx.socket(zmq.PUSH) for _ in layers[0]], [ctx.socket(zmq.PUSH) for _ in layers[-1]]
+    for sock, endpoint in [*zip(inputs, layers[0]), *zip(outputs, layers[-1])]:
+        sock.setsockopt(zmq.LINGER, 1_000)
+        sock.connect(endpoint)
+    pack, payload = msgpack.Packer(use_bin_type=True).pack, bytes(8)
+
+    def one(sample: int) -> None:
+        for sock in inputs:
+            sock.send(pack([FORWARD, sample, 0, payload]))
+        for _ in outputs:
+            msgpack.unpackb(pull.recv())
+        for sock in outputs:
+            sock.send(pack([BACKWARD, sample, 0, payload]))
+        for _ in inputs:
+            msgpack.unpackb(pull.recv())
+
+    for i in range(warmup):  # the first samples also wait for every connection to be made
+        one(i)
+    started = time.perf_counter()
+    for i in range(samples):
+        one(warmup + i)
+    seconds = time.perf_counter() - started
+    stop = pack([STOP])
+    for sock in inputs:
+        sock.send(stop)
+    for layer in layers[1:]:  # the rest have no coordinator link: reach them directly
+        for endpoint in layer:
+            sock = ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, 1_000)
+            sock.connect(endpoint)
+            sock.send(stop)
+    ctx.destroy(linger=1_000)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    unlink(coordinator)
+    return {"sizes": sizes, "samples": samples, "seconds": seconds, "samples_per_s": samples / seconds}
+
+
 def unlink(endpoint: str) -> None:
     """libzmq leaves an ipc socket file behind when the binding socket closes: remove it."""
     if endpoint.startswith("ipc://"):
@@ -119,6 +221,7 @@ WORKERS: dict[str, Callable[..., dict]] = {
     "push": _push_worker,
     "echo": _echo_worker,
     "ping": _ping_worker,
+    "bare-network": _bare_network_worker,
 }
 
 

@@ -27,6 +27,7 @@ TINY = replace(
     startup_sizes=(),
     core_samples_xor=8,
     reference_min_s=0.02,
+    bare_samples=10,
 )
 
 
@@ -45,9 +46,20 @@ def test_transport_ceiling_and_round_trip(no_leftovers):
     assert ceiling["message_bytes"] == len(bench_ipc.synapse_message(0)) < 32
     assert wire.decode(bench_ipc.synapse_message(7)) == [wire.FORWARD, 7, 0, bytes(8)]
     assert bench_ipc.HIGH_WATER_MARK == transport.HIGH_WATER_MARK
+    assert (bench_ipc.FORWARD, bench_ipc.BACKWARD, bench_ipc.STOP) == (wire.FORWARD, wire.BACKWARD, wire.STOP)
     latency = bench.ipc_latency(200, no_leftovers, timeout=30)
     assert latency["round_trips"] == 200
     assert 0 < latency["min_us"] <= latency["median_us"] <= latency["p99_us"]
+
+
+@pytest.mark.timeout(90)
+def test_bare_network_passes_every_sample_and_leaves_nothing(no_leftovers):
+    # 3-4-2: nine bare neuron processes forked by one worker; the fixture proves they are all gone
+    row = bench.bare_network([3, 4, 2], 20, no_leftovers, timeout=60)
+    assert row["sizes"] == [3, 4, 2] and row["samples"] == 20 and row["seconds"] > 0
+    assert math.isclose(row["samples_per_s"], 20 / row["seconds"])
+    assert math.isclose(row["messages_per_s"], row["samples_per_s"] * bench.messages_per_batch([3, 4, 2]))
+    assert list(no_leftovers.iterdir()) == []
 
 
 @pytest.mark.timeout(90)
@@ -112,6 +124,9 @@ def test_run_bench_writes_consistent_results(tmp_path, no_leftovers):
         xor["reference_over_network"], xor["reference"]["samples_per_s"] / xor["samples_per_s"]
     )
     assert math.isclose(xor["share_of_ceiling"], xor["synapse_messages_per_s"] / ceiling)
+    (bare,) = results["transport"]["bare"]
+    assert bare["status"] == "ok" and bare["sizes"] == [2, 2, 1] == xor["sizes"]
+    assert math.isclose(xor["over_bare"], xor["samples_per_s"] / bare["samples_per_s"])
 
     (pair,) = results["cores"]
     one, two = pair["cores_1"], pair["cores_2"]
@@ -124,6 +139,7 @@ def test_run_bench_writes_consistent_results(tmp_path, no_leftovers):
     text = io.StringIO()
     bench.render(results, Console(file=text, width=170))
     assert "transport ceiling" in text.getvalue() and "xor 2-2-1 online" in text.getvalue()
+    assert "bare 2-2-1" in text.getvalue()
 
 
 @pytest.mark.timeout(120)
