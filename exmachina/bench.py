@@ -661,8 +661,9 @@ NOTES = [
     "XOR's 4-row epochs each end with a checkpoint and a snapshot: compare samples/s with "
     "in-epoch/s to see what that costs.",
     "The machine may be shared: see machine.load_average (start) and load_average_end.",
-    "'of bare' is samples/s over the bare network of the same shape (transport.bare: the same "
-    "processes, links and msgpack messages, neurons that only pass them on): the stack's floor here.",
+    "'of bare' is batches/s (samples/s online) over the rounds/s of the bare network of the same "
+    "shape (transport.bare: the same processes, links and msgpack messages, one round in flight, "
+    "neurons that only pass them on): the floor of this stack on this machine.",
 ]
 
 
@@ -744,7 +745,8 @@ class Bench:
             if row["status"] == "ok" and ceiling:
                 row["share_of_ceiling"] = row["synapse_messages_per_s"] / ceiling
             if row["status"] == "ok" and tuple(row["sizes"]) in floors:
-                row["over_bare"] = row["samples_per_s"] / floors[tuple(row["sizes"])]
+                batches_per_s = row["samples_per_s"] / row["batch_size"]  # a bare round is one batch
+                row["over_bare"] = batches_per_s / floors[tuple(row["sizes"])]
         return rows
 
     def pipelining(self, semeion: Path) -> list[dict]:

@@ -126,6 +126,7 @@ def test_run_bench_writes_consistent_results(tmp_path, no_leftovers):
     assert math.isclose(xor["share_of_ceiling"], xor["synapse_messages_per_s"] / ceiling)
     (bare,) = results["transport"]["bare"]
     assert bare["status"] == "ok" and bare["sizes"] == [2, 2, 1] == xor["sizes"]
+    assert xor["batch_size"] == 1
     assert math.isclose(xor["over_bare"], xor["samples_per_s"] / bare["samples_per_s"])
 
     (pair,) = results["cores"]
