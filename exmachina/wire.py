@@ -115,10 +115,17 @@ def decode(frame: bytes) -> list:
     return message
 
 
-def values(payload: bytes) -> np.ndarray:
-    """The batch a synapse message carries; raises WireError if it is not whole float64s."""
+def batch_size(payload: bytes) -> int:
+    """How many values a synapse message carries; raises WireError if it is not whole float64s."""
     if not payload or len(payload) % 8:
         raise WireError(f"a batch of float64 needs a multiple of 8 bytes, got {len(payload)}")
+    return len(payload) // 8
+
+
+def values(payload: bytes) -> np.ndarray:
+    """The batch a synapse message carries (or several, back to back); raises WireError if it is not
+    whole float64s."""
+    batch_size(payload)
     return np.frombuffer(payload, dtype="<f8")
 
 
