@@ -15,6 +15,10 @@ import traceback
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 
+# Imported here, not in the child: the forkserver preloads this module, so every child shares the
+# import instead of making its own (0.1-0.3 MB of unique memory per child, measured on XOR).
+import setproctitle
+
 from .lifeline import watch_parent
 from .spec import ChildSpec
 
@@ -26,8 +30,6 @@ def _bootstrap(spec: ChildSpec, supervisor_pid: int) -> None:
     (whose traceback goes to stderr).
     """
     if spec.title:
-        import setproctitle
-
         setproctitle.setproctitle(spec.title)
     # Ctrl-C in a terminal reaches the whole process group; the supervisor decides how children stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
