@@ -124,27 +124,23 @@ def _bare_neuron(inbox: str, upstream: list[str], downstream: list[str]) -> None
         sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
         sock.connect(endpoint)
     pack, payload = msgpack.Packer(use_bin_type=True).pack, bytes(8)
-    inputs = errors = 0
+    onward = {FORWARD: downs, BACKWARD: ups}  # where each kind goes once all of it is in
+    needed = {FORWARD: len(ups), BACKWARD: len(downs)}
+    seen = {FORWARD: 0, BACKWARD: 0}
     while True:
         try:
             message = msgpack.unpackb(pull.recv())
         except zmq.Again:
             break
         kind = message[0]
-        if kind == FORWARD:
-            inputs += 1
-            if inputs == len(ups):
-                inputs = 0
-                for sock in downs:
-                    sock.send(pack([FORWARD, message[1], 0, payload]))
-        elif kind == BACKWARD:
-            errors += 1
-            if errors == len(downs):
-                errors = 0
-                for sock in ups:
-                    sock.send(pack([BACKWARD, message[1], 0, payload]))
-        else:
+        if kind not in onward:  # STOP
             break
+        seen[kind] += 1
+        if seen[kind] == needed[kind]:
+            seen[kind] = 0
+            frame = pack([kind, message[1], 0, payload])
+            for sock in onward[kind]:
+                sock.send(frame)
     ctx.destroy(linger=0)
     unlink(inbox)
 
