@@ -86,7 +86,8 @@ class Pending(dict):
                 oldest = next(iter(self))
                 del self[oldest]
                 self.log.warning("forgot half-gathered %s of sample %d (too many pending)", self.what, oldest)
-            gathering = self[sample] = Gathering(self.synapses, 8 * wire.batch_size(data))
+            wire.batch_size(data)  # raises for a payload that is not whole float64s
+            gathering = self[sample] = Gathering(self.synapses, len(data))
         if gathering.put(synapse, data):
             del self[sample]
             return gathering.values()
