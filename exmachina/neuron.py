@@ -61,7 +61,7 @@ class Gathering:
         if self.parts[synapse] is not None:
             raise Unexpected(f"synapse {synapse} already reported")
         if len(data) != self.size:
-            raise Unexpected(f"batch of {len(data) // 8} where this sample has {self.size // 8}")
+            raise Unexpected(f"{len(data)} bytes where this sample's batches are {self.size}")
         self.parts[synapse] = data
         self.missing -= 1
         return self.missing == 0
