@@ -241,7 +241,8 @@ class Coordinator:
             "updates": self.position.updates,
             "restarts": self.restarts,
         }
-        write_json(self.run.stats, {"coordinator": me, "neurons": self.stats})
+        # rewritten every stats interval while every neuron waits on this process: compact
+        write_json(self.run.stats, {"coordinator": me, "neurons": self.stats}, indent=None)
 
     # -- wiring ---------------------------------------------------------------------------------
 

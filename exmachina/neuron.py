@@ -281,6 +281,8 @@ class NeuronProcess:
                 _fmt(self.neuron.axon.weights),
             )
         self.received = self.dropped = 0
+        self.wired = False  # no stats before: nothing to say, and a thousand starting neurons would
+        # queue them for a coordinator that has yet to bind and then must read them all
         self.last_problem = ""
         self.stop_signal: list[int] = []
         self.waiting = False  # blocked in recv: only then may a signal interrupt (see _on_signal)
@@ -348,7 +350,8 @@ class NeuronProcess:
                     running = self._handle(frame)
                 if time.monotonic() >= next_stats:
                     next_stats = time.monotonic() + interval
-                    self._report()
+                    if self.wired:
+                        self._report()
         except Interrupted:
             pass
         if self.stop_signal:
@@ -418,6 +421,7 @@ class NeuronProcess:
                 )
                 n.updates = n.reported_updates = network_updates
                 self.restored = False
+            self.wired = True
             self.coordinator.send(wire.encode(wire.READY, spec.id))
         elif kind == wire.SNAPSHOT:
             state = [float(n.bias), n.axon.weights.tolist(), n.updates]

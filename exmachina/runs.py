@@ -106,10 +106,11 @@ class RunDir:
         return json.loads(self.summary.read_text()) if self.summary.exists() else None
 
 
-def write_json(path: Path, value: Any) -> None:
-    """Atomic (write aside, then rename): a reader never sees half a file."""
+def write_json(path: Path, value: Any, indent: int | None = 1) -> None:
+    """Atomic (write aside, then rename): a reader never sees half a file. `indent=None` is the
+    compact form, twice as fast to write (json's C encoder only serves it)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
+    tmp.write_text(json.dumps(value, indent=indent) + "\n")
     os.replace(tmp, path)
 
 
