@@ -13,7 +13,6 @@ and replays that sample under a new id. The updates the neuron made since its ch
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import os
 import signal
@@ -120,6 +119,11 @@ class Position:
     recent: list[bool] = field(default_factory=list)  # the last RECENT, across epochs
     best: list | None = None  # [held-out accuracy, epoch] of the best epoch so far
 
+    def state(self) -> dict:
+        """For a checkpoint, which is written at once: a shallow copy (dataclasses.asdict deep-copies
+        every element of the lists: a tenth of the coordinator's time on XOR, measured)."""
+        return dict(vars(self))
+
 
 class Coordinator:
     def __init__(
@@ -155,6 +159,7 @@ class Coordinator:
         self.error_links: dict[str, zmq.Socket] = {}
         self.sample = 0
         self.position = Position()
+        self.kept = checkpoints.counts(site.run_dir, COORDINATOR)  # kept current by save(), not listed again
         self.stop_requested_at: float | None = None
         self.backlog: collections.deque[list] = collections.deque()
         self.restarted: list[str] = []
@@ -484,7 +489,7 @@ class Coordinator:
             parameters = self.collect(wire.CHECKPOINT, count, STOP_GRACE_S, retry=False)
         else:
             parameters = self.collect(wire.CHECKPOINT, count)
-        checkpoints.save(self.run.path, COORDINATOR, count, dataclasses.asdict(self.position))
+        checkpoints.save(self.run.path, COORDINATOR, count, self.position.state(), self.kept)
         return parameters
 
     def publish(self, parameters: Parameters | None = None) -> None:
@@ -538,7 +543,7 @@ class Coordinator:
         p.samples += len(flight.rows)
         p.updates += 1
         if c.runtime.checkpoint_every and p.updates % c.runtime.checkpoint_every == 0:
-            checkpoints.save(self.run.path, COORDINATOR, p.updates, dataclasses.asdict(p))
+            checkpoints.save(self.run.path, COORDINATOR, p.updates, p.state(), self.kept)
         if c.runtime.snapshot_every and p.updates % c.runtime.snapshot_every == 0:
             self.publish()
 
