@@ -26,9 +26,10 @@ SYNAPSE_LINGER_MS = 0
 CONTROL_LINGER_MS = 2_000
 
 # A neuron says HELLO before the coordinator (started last) has bound: retrying every 100 ms, a
-# thousand waiting neurons spend start-up reconnecting. Its link to the coordinator backs off,
-# doubling, up to this (synapse links keep ZeroMQ's steady 100 ms, for a quick rewiring).
-CONTROL_RECONNECT_MAX_MS = 1_000
+# thousand waiting neurons spend start-up reconnecting. Its link to the coordinator backs off up to
+# this, which is also how late a HELLO may arrive once the coordinator is up (1 s cost a 100-neuron
+# start half a second). Synapse links keep ZeroMQ's steady 100 ms, for a quick rewiring.
+CONTROL_RECONNECT_MAX_MS = 300
 
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes with its terminating NUL
 
