@@ -1016,9 +1016,10 @@ def render(results: dict, console: Console) -> None:
 
 
 def _failures(results: dict) -> list[str]:
+    transport = results.get("transport", {})
     rows = [
-        *(v for k, v in results.get("transport", {}).items() if k != "bare"),
-        *results.get("transport", {}).get("bare", []),
+        *(transport[k] for k in ("ceiling", "latency") if k in transport),
+        *transport.get("bare", []),
         *results.get("training", []),
         *results.get("pipelining", []),
         *results.get("startup", []),
