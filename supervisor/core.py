@@ -3,7 +3,9 @@
 Modelled on Erlang/OTP's `supervisor`: child specs with permanent/transient/temporary restart types,
 one_for_one and one_for_all strategies, restart intensity (at most `intensity` restarts in `period`
 seconds, beyond which the supervisor gives up), significant children with `auto_shutdown`, and shutdown
-in reverse start order with a per-child SIGTERM-to-SIGKILL grace period.
+in reverse start order with a per-child SIGTERM-to-SIGKILL grace period. Children are forked by a
+zygote (`supervisor.zygote`) that has imported `preload` first, so they share those modules' memory;
+`context` may instead name a multiprocessing start method.
 
 The supervising loop blocks in `multiprocessing.connection.wait` on the children's sentinels plus the
 read end of a self-pipe; `request_stop` writes to that pipe, so it is safe to call from a signal
@@ -30,6 +32,7 @@ from typing import Any
 
 from .process import ChildProcess
 from .spec import ChildSpec, Restart
+from .zygote import Zygote
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,7 @@ class Supervisor:
         intensity: int = 3,
         period: float = 5.0,
         auto_shutdown: str = "never",
-        context: str = "forkserver",
+        context: str = "zygote",
         preload: Sequence[str] = (),
         on_event: Callable[[Event], None] | None = None,
     ) -> None:
@@ -116,8 +119,13 @@ class Supervisor:
         self._intensity = intensity
         self._period = period
         self._auto_shutdown = auto_shutdown
-        self._ctx = multiprocessing.get_context(context)
         self._preload = list(preload)
+        # The zygote (default) or a multiprocessing start method: "forkserver", "fork" or "spawn".
+        self._ctx = (
+            Zygote([*self._preload, "supervisor.process"])
+            if context == "zygote"
+            else multiprocessing.get_context(context)
+        )
         self._on_event = on_event
         self._children = {spec.id: ChildProcess(spec, self._ctx) for spec in specs}
 
@@ -150,9 +158,13 @@ class Supervisor:
                 self._restart_times.clear()
                 self._restarts = 0
             self._finished.clear()
-            if self._ctx.get_start_method() == "forkserver":
+            if isinstance(self._ctx, Zygote):
+                self._ctx.title = _zygote_title()
+                self._ctx.open()  # preload errors surface here, before any child is started
+            elif self._ctx.get_start_method() == "forkserver":
                 # Only effective before the (per-interpreter) forkserver is first launched.
-                self._ctx.set_forkserver_preload([*self._preload, "supervisor.frozen"])
+                modules = [entry.partition(":")[0] for entry in self._preload]  # imports only
+                self._ctx.set_forkserver_preload([*modules, "supervisor.frozen"])
             self._state = "running"
             atexit.register(self.stop)  # never leave children behind (they are not daemonic)
             for child in self._children.values():
@@ -205,6 +217,8 @@ class Supervisor:
                 for child in self._children.values():  # only does anything if the loop above was interrupted
                     child.kill()
                 self._running.clear()
+                if isinstance(self._ctx, Zygote):  # every child is reaped: nothing left for it to do
+                    self._ctx.close()
                 self._state = "stopped"
                 atexit.unregister(self.stop)
             self._emit("stopped", None, None, None)
@@ -387,6 +401,15 @@ class Supervisor:
         with contextlib.suppress(BlockingIOError, OSError):
             while os.read(self._wake_r, 4096):
                 pass
+
+
+def _zygote_title() -> str | None:
+    """The zygote is titled after the supervising process, so `ps` shows whose it is."""
+    try:
+        import setproctitle
+    except ImportError:  # pragma: no cover - a dependency
+        return None
+    return f"{setproctitle.getproctitle()} [zygote]"
 
 
 def _close_fds(*fds: int) -> None:

@@ -15,12 +15,13 @@ import traceback
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 
-# Imported here, not in the child: the forkserver preloads this module, so every child shares the
+# Imported here, not in the child: the zygote preloads this module, so every child shares the
 # import instead of making its own (0.1-0.3 MB of unique memory per child, measured on XOR).
 import setproctitle
 
 from .lifeline import watch_parent
 from .spec import ChildSpec
+from .zygote import Zygote
 
 
 def _bootstrap(spec: ChildSpec, supervisor_pid: int) -> None:
@@ -59,7 +60,7 @@ def _exit_code(code: object) -> int:
 class ChildProcess:
     """The current OS process of one child, plus how often it has been restarted."""
 
-    def __init__(self, spec: ChildSpec, ctx: BaseContext) -> None:
+    def __init__(self, spec: ChildSpec, ctx: BaseContext | Zygote) -> None:
         self.spec = spec
         self._ctx = ctx
         self._proc: BaseProcess | None = None

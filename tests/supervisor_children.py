@@ -1,7 +1,7 @@
 """Child targets for tests/test_supervisor.py.
 
-They live in an importable module (not the test file) so that forkserver/spawn children can unpickle
-them by reference.
+They live in an importable module (not the test file) so that zygote/forkserver/spawn children can
+unpickle them by reference.
 """
 
 from __future__ import annotations
@@ -69,3 +69,17 @@ def exit_when_file_exists(path: str) -> None:
     """Exit 0 once `path` exists, so a test decides exactly when this child ends."""
     while not os.path.exists(path):
         time.sleep(0.02)
+
+
+WARMED_IN: int | None = None  # the pid of the process that ran `warm_up`
+
+
+def warm_up() -> None:
+    """A preload warm-up ("tests.supervisor_children:warm_up"): records where it ran."""
+    global WARMED_IN
+    WARMED_IN = os.getpid()
+
+
+def report_warm_up(path: str) -> None:
+    """Write where `warm_up` ran, as this child inherited it (empty if it never ran here)."""
+    Path(path).write_text("" if WARMED_IN is None else str(WARMED_IN))

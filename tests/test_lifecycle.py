@@ -113,7 +113,7 @@ def test_neurons_exit_when_the_supervisor_is_killed(tmp_path):
     try:
         training_underway(tmp_path)
         children = psutil.Process(proc.pid).children(recursive=True)
-        assert len(children) >= 7  # 6 neurons, the coordinator (and the forkserver)
+        assert len(children) >= 7  # 6 neurons, the coordinator (and the zygote)
         proc.kill()  # SIGKILL: the supervisor gets no chance to clean up
         proc.wait(timeout=10)
         gone, alive = psutil.wait_procs(children, timeout=8)

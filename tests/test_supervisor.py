@@ -566,6 +566,86 @@ def test_fork_context_also_works() -> None:
     assert sup.run() == Outcome(reason="all_exited", exitcodes={"t": 4}, restarts=0)
 
 
+@pytest.mark.timeout(60)
+def test_forkserver_context_also_works() -> None:
+    sup = _supervisor([ChildSpec("t", kids.exit_with, args=(5,), restart="temporary")], context="forkserver")
+    assert sup.run() == Outcome(reason="all_exited", exitcodes={"t": 5}, restarts=0)
+
+
+# -- zygote (the default start method) ---------------------------------------------------------------
+
+
+def _zygote_of(pid: int) -> psutil.Process:
+    zygote = psutil.Process(pid).parent()
+    assert zygote.pid != os.getpid() and zygote.ppid() == os.getpid()  # supervisor -> zygote -> child
+    return zygote
+
+
+@pytest.mark.timeout(60)
+def test_children_are_forked_by_a_zygote_that_ran_the_warm_up_and_ends_with_the_supervisor(
+    tmp_path: Path, ready_dir: Path
+) -> None:
+    report = tmp_path / "warmed"
+    specs = [
+        ChildSpec("report", kids.report_warm_up, args=(str(report),), restart="temporary"),
+        ChildSpec("w", kids.sleeper, kwargs={"name": "w", "ready_dir": str(ready_dir)}),
+    ]
+    sup = _supervisor(specs, preload=[*PRELOAD, "tests.supervisor_children:warm_up"])
+    with sup:
+        pid = sup.pid_of("w")
+        _wait_ready(ready_dir, "w", pid)
+        zygote = _zygote_of(pid)
+        assert " ".join(zygote.cmdline()).strip().endswith("[zygote]")  # titled after its supervisor
+        _wait_until(lambda: report.exists() and report.read_text() != "", what="the warm-up report")
+        # The warm-up ran once, in the zygote, and the child inherited its effect.
+        assert int(report.read_text()) == zygote.pid
+    assert _gone(zygote.pid) and _gone(pid)
+
+
+@pytest.mark.timeout(60)
+def test_a_preload_that_fails_stops_the_start_with_its_name() -> None:
+    sup = _supervisor([ChildSpec("a", kids.sleeper)], preload=["tests.no_such_module"])
+    with pytest.raises(RuntimeError, match="could not preload 'tests.no_such_module': ModuleNotFoundError"):
+        sup.start()
+    warm_up_fails = _supervisor([ChildSpec("a", kids.sleeper)], preload=["tests.supervisor_children:nope"])
+    with pytest.raises(RuntimeError, match="'tests.supervisor_children:nope': AttributeError"):
+        warm_up_fails.start()
+    # No zygote left either (the forkserver and resource tracker are this interpreter's, by design).
+    assert [p for p in psutil.Process().children() if not _is_multiprocessing_helper(p)] == []
+
+
+@pytest.mark.timeout(60)
+def test_children_outlive_a_killed_zygote_and_are_still_supervised(tmp_path: Path, ready_dir: Path) -> None:
+    log = tmp_path / "stopped.log"
+    names = ("a", "b")
+    specs = [
+        ChildSpec(n, kids.sleeper, kwargs={"name": n, "ready_dir": str(ready_dir), "log_path": str(log)})
+        for n in names
+    ]
+    recorder = Recorder()
+    sup = _supervisor(specs, on_event=recorder)
+    bg = Background(sup)
+    _wait_until(lambda: all(sup.pid_of(n) for n in names), what="both children started")
+    pids = {n: sup.pid_of(n) for n in names}
+    for n in names:
+        _wait_ready(ready_dir, n, pids[n])
+    zygote = _zygote_of(pids["a"])
+    zygote.kill()
+    zygote.wait(5)
+    time.sleep(0.3)  # the supervisor saw the exit pipes close: it must not take that for exits
+    assert recorder.count("exited", "a") == recorder.count("exited", "b") == 0
+    assert sup.pids == pids
+    # A restart needs a fork: a new zygote is started for it.
+    sup.restart_child("b")
+    new_b = sup.pid_of("b")
+    assert new_b != pids["b"] and psutil.Process(new_b).parent().pid not in (zygote.pid, os.getpid())
+    _wait_ready(ready_dir, "b", new_b)
+    outcome = bg.finish()
+    assert outcome.reason == "stop_requested"
+    assert sorted(log.read_text().split()) == ["a", "b", "b"]  # each got SIGTERM and ran its handler
+    assert all(_gone(p) for p in [*pids.values(), new_b])
+
+
 # -- lifeline ---------------------------------------------------------------------------------------------
 
 _ORPHAN_SCRIPT = textwrap.dedent(
