@@ -1,6 +1,7 @@
 # The two commands that matter: `make learn` (train XOR) and `make test` (the whole suite).
 PYTHON ?= python3
-VENV   := .venv
+# Another interpreter gets its own venv: `make bench PYTHON=python3.12 VENV=.venv-3.12`.
+VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= configs/xor.yaml
 

@@ -162,6 +162,7 @@ def _learn(
             "supervisor.process",
             "supervisor.lifeline",
             "psutil",
+            "exmachina.rehearsal:rehearse",
         ],
         on_event=lambda e: _log_event(log, e),
     )
