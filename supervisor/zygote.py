@@ -116,13 +116,13 @@ class Zygote:
 
     def spawn(self, target: Callable[..., Any], args: tuple) -> tuple[int, int]:
         """Fork a child that runs `target(*args)`; returns its pid and its sentinel (a descriptor)."""
-        cwd, path = os.getcwd(), list(sys.path)
-        payload = pickle.dumps((cwd, path, target, args))  # unpicklable targets fail here, before a fork
         self.open()
+        cwd, path = os.getcwd(), list(sys.path)
+        if (cwd, path) == self._started_with:  # the usual case: the child need not change either
+            cwd, path = None, None
+        payload = pickle.dumps((cwd, path, target, args))  # unpicklable targets fail here, before a fork
         with self._lock:
-            assert self._control is not None and self._started_with is not None
-            if (cwd, path) == self._started_with:  # the usual case: the child need not change either
-                payload = pickle.dumps((None, None, target, args))
+            assert self._control is not None
             data_r, data_w = os.pipe()
             exit_r, exit_w = os.pipe()
             try:
@@ -289,7 +289,7 @@ def _child(data_r: int, inherited: list[int]) -> None:
             os.close(fd)
         with open(data_r, "rb") as pipe:
             cwd, path, target, args = pickle.load(pipe)
-        if cwd is not None:
+        if cwd is not None:  # the supervisor moved since the zygote started
             os.chdir(cwd)
             sys.path[:] = path
         from .process import _exit_code

@@ -142,7 +142,7 @@ def test_each_process_is_handed_its_own_secret_and_no_other(tmp_path):
     children = child_specs(config, site, specs, (datasets.load(config), None), None, keys)
     assert [c.id for c in children] == [s.id for s in specs] + [COORDINATOR]
     for child in children:
-        handed = pickle.dumps((child.args, child.kwargs))  # what the forkserver passes the process
+        handed = pickle.dumps((child.args, child.kwargs))  # what the zygote passes the process
         for owner, pair in keys.items():
             assert (pair.secret in handed) == (owner == child.id), f"{child.id} holds {owner}'s secret"
             assert pair.public in handed  # every public key is common knowledge
