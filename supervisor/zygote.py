@@ -125,6 +125,7 @@ class Zygote:
             assert self._control is not None
             data_r, data_w = os.pipe()
             exit_r, exit_w = os.pipe()
+            pid = None
             try:
                 try:
                     socket.send_fds(self._control, [b"F"], [data_r, exit_w])
@@ -136,7 +137,8 @@ class Zygote:
                     pipe.write(payload)
             except (OSError, ZygoteError) as exc:
                 os.close(exit_r)
-                raise ZygoteError(f"the zygote (pid {self.pid}) did not fork: {exc}") from None
+                failed = "did not fork" if pid is None else f"forked pid {pid}, which did not take its start"
+                raise ZygoteError(f"the zygote (pid {self.pid}) {failed}: {exc}") from None
             finally:
                 os.close(data_w)
         return pid, exit_r
