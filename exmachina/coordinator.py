@@ -35,8 +35,8 @@ from exmachina.topology import COORDINATOR, INBOX, layer_ids
 
 RECENT = 200  # the original's progress figure: share correct of the last 200 training predictions
 SHOWN_PREDICTIONS = 20  # kept in predictions.json for the viewer
-STOP_GRACE_S = 0.5  # on SIGTERM: for the sample in flight, then for the final checkpoint (the
-# lifeline gives an orphaned coordinator 2 s in all before it is killed)
+STOP_GRACE_S = 0.5  # on SIGTERM: for the sample in flight, then for the final checkpoint (an
+# orphaned coordinator gets 2 s in all from SIGTERM to SIGKILL: supervisor.lifeline.ORPHAN_GRACE_S)
 MAX_REPLAYS = 3  # a sample that stalls this many times running ends the run
 EVAL_BATCH = 64  # rows per message when only evaluating
 

@@ -4,6 +4,9 @@ A supervisor that is SIGKILLed gets no chance to stop its children, and with the
 method they are not even its direct children, so nothing else would reap them. Each child therefore
 watches the supervisor's pid and, when it disappears, terminates itself: first SIGTERM (so the
 target's own handler can clean up), then a hard `os._exit` after a grace period.
+
+Children of a zygote (the default) need no thread of their own: the zygote notices the supervisor's
+death and ends them the same way (see `supervisor.zygote`), sparing each child 0.4 MB of memory.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ import time
 #: Exit status of a child that had to be killed by its lifeline after the grace period.
 LIFELINE_EXIT_CODE = 70
 
+#: Seconds from SIGTERM to the hard end of an orphaned child.
+ORPHAN_GRACE_S = 2.0
+
 _POLL_INTERVAL = 1.0
 
 
-def watch_parent(pid: int, grace: float = 2.0) -> None:
+def watch_parent(pid: int, grace: float = ORPHAN_GRACE_S) -> None:
     """Start a daemon thread that ends this process once process `pid` has exited."""
     thread = threading.Thread(target=_watch, args=(pid, grace), name="supervisor-lifeline", daemon=True)
     thread.start()

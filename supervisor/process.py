@@ -24,8 +24,9 @@ from .spec import ChildSpec
 from .zygote import Zygote
 
 
-def _bootstrap(spec: ChildSpec, supervisor_pid: int) -> None:
-    """Entry point of every child process: prepare the process, then run the target.
+def _bootstrap(spec: ChildSpec, supervisor_pid: int | None) -> None:
+    """Entry point of every child process: prepare the process, then run the target. With a
+    `supervisor_pid`, a lifeline thread ends the child once that process is gone.
 
     Exit status: 0 when the target returns, the code of a `SystemExit`, 1 for any other exception
     (whose traceback goes to stderr).
@@ -36,7 +37,8 @@ def _bootstrap(spec: ChildSpec, supervisor_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Start from the default so that SIGTERM ends the child unless the target installs its own handler.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    watch_parent(supervisor_pid)
+    if supervisor_pid is not None:
+        watch_parent(supervisor_pid)
     try:
         spec.target(*spec.args, **spec.kwargs)
         code = 0
@@ -103,8 +105,10 @@ class ChildProcess:
         """
         if self.is_alive():
             raise RuntimeError(f"child {self.id!r} is already running (pid {self.pid})")
+        # A zygote ends its children itself if the supervisor dies; other contexts need a lifeline.
+        lifeline = None if isinstance(self._ctx, Zygote) else os.getpid()
         proc = self._ctx.Process(
-            target=_bootstrap, args=(self.spec, os.getpid()), name=self.spec.id, daemon=False
+            target=_bootstrap, args=(self.spec, lifeline), name=self.spec.id, daemon=False
         )
         proc.start()
         # multiprocessing remembers every started process in a module-level set and polls each one

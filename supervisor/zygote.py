@@ -7,14 +7,18 @@ milliseconds of CPU per child, measured on a neuron. A zygote child reads its pi
 pipe and calls it.
 
 The wire, one request at a time (the supervisor holds a lock):
-  supervisor -> zygote   one byte, with two descriptors attached (SCM_RIGHTS): the read end of a
+  supervisor -> zygote   "F" (fork), with two descriptors attached (SCM_RIGHTS): the read end of a
                          payload pipe and the write end of an exit pipe;
   zygote -> supervisor   the new child's pid (8 bytes);
   supervisor -> child    the pickled (cwd, sys.path, target, args) through the payload pipe;
   zygote -> supervisor   the child's exit code (4 bytes) through its exit pipe when the zygote reaps
                          it. The read end of that pipe is the child's sentinel: readable once it ended.
-The zygote exits when the supervisor closes its control socket (or dies); children already forked
-live on, each watching the supervisor through its lifeline.
+  supervisor -> zygote   "Q" (quit) before the supervisor closes the control socket: the zygote exits
+                         and leaves its children be.
+The zygote is also the children's lifeline: if the control socket closes without a "Q", the
+supervisor died, and the zygote ends every child it forked (SIGTERM, then SIGKILL after the grace)
+before it exits. If the zygote itself is killed, its children live on (no false exits), and the next
+zygote adopts them: "A" with a pidfd of each, to end them too should the supervisor die.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import gc
 import importlib
 import os
 import pickle
+import select
 import selectors
 import signal
 import socket
@@ -31,6 +36,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import traceback
 import weakref
 from collections.abc import Callable, Sequence
@@ -38,6 +44,9 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
+from .lifeline import ORPHAN_GRACE_S
+
+FORK, ADOPT, QUIT = b"F", b"A", b"Q"
 PID = struct.Struct("q")
 EXIT_CODE = struct.Struct("i")
 FRAME = struct.Struct("I")
@@ -86,36 +95,40 @@ class Zygote:
     def open(self) -> None:
         """Start the zygote and wait until it has imported `preload`; a no-op while it runs."""
         with self._lock:
-            if self._proc is not None and self._proc.poll() is None:
-                return
-            self._close()
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            boot = (
-                f"import sys; sys.path.insert(0, {_ROOT!r}); "
-                f"from supervisor.zygote import main; main({theirs.fileno()})"
-            )
-            try:
-                self._proc = subprocess.Popen(
-                    [sys.executable, "-c", boot], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL
-                )
-            finally:
-                theirs.close()
-            self._control = ours
-            ours.settimeout(REPLY_TIMEOUT_S)
-            self._started_with = (os.getcwd(), list(sys.path))
-            setup = {"sys_path": sys.path, "preload": self.preload, "title": self.title}
-            try:
-                _send_frame(ours, pickle.dumps(setup))
-                reply = _recv_frame(ours).decode()
-            except (OSError, ZygoteError) as exc:
-                self._close()
-                raise ZygoteError(f"the zygote did not start: {exc}") from None
-            if reply != "ok":
-                self._close()
-                raise ZygoteError(f"the zygote could not preload {reply}")
+            self._open()
 
-    def spawn(self, target: Callable[..., Any], args: tuple) -> tuple[int, int]:
-        """Fork a child that runs `target(*args)`; returns its pid and its sentinel (a descriptor)."""
+    def _open(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        self._close()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        boot = (
+            f"import sys; sys.path.insert(0, {_ROOT!r}); "
+            f"from supervisor.zygote import main; main({theirs.fileno()})"
+        )
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", boot], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL
+            )
+        finally:
+            theirs.close()
+        self._control = ours
+        ours.settimeout(REPLY_TIMEOUT_S)
+        self._started_with = (os.getcwd(), list(sys.path))
+        setup = {"sys_path": sys.path, "preload": self.preload, "title": self.title}
+        try:
+            _send_frame(ours, pickle.dumps(setup))
+            reply = _recv_frame(ours).decode()
+        except (OSError, ZygoteError) as exc:
+            self._close()
+            raise ZygoteError(f"the zygote did not start: {exc}") from None
+        if reply != "ok":
+            self._close()
+            raise ZygoteError(f"the zygote could not preload {reply}")
+
+    def spawn(self, target: Callable[..., Any], args: tuple) -> tuple[int, int, int]:
+        """Fork a child that runs `target(*args)`; returns its pid, its sentinel (a descriptor) and
+        the zygote's pid."""
         self.open()
         cwd, path = os.getcwd(), list(sys.path)
         if (cwd, path) == self._started_with:  # the usual case: the child need not change either
@@ -128,7 +141,7 @@ class Zygote:
             pid = None
             try:
                 try:
-                    socket.send_fds(self._control, [b"F"], [data_r, exit_w])
+                    socket.send_fds(self._control, [FORK], [data_r, exit_w])
                     (pid,) = PID.unpack(_recv_exactly(self._control, PID.size))
                 finally:
                     os.close(data_r)
@@ -141,7 +154,20 @@ class Zygote:
                 raise ZygoteError(f"the zygote (pid {self.pid}) {failed}: {exc}") from None
             finally:
                 os.close(data_w)
-        return pid, exit_r
+            assert self._proc is not None
+            return pid, exit_r, self._proc.pid
+
+    def adopt(self, pidfd: int, vanished: int) -> None:
+        """Hand a live child of zygote `vanished` (as a pidfd) to a new one, its lifeline from now on.
+        Not after `close`: a supervisor that closed its zygote on purpose is stopping."""
+        with self._lock:
+            if self._proc is None:
+                return
+            if self._proc.pid == vanished:  # it is exiting, maybe not yet a zombie that `poll` sees
+                self._close()  # (a dying process closes its descriptors first): reap it
+            self._open()
+            assert self._control is not None
+            socket.send_fds(self._control, [ADOPT], [pidfd])
 
     def close(self) -> None:
         """End the zygote (its children are not touched) and reap it."""
@@ -150,6 +176,8 @@ class Zygote:
 
     def _close(self) -> None:
         if self._control is not None:
+            with contextlib.suppress(OSError):
+                self._control.sendall(QUIT)  # without it, the zygote would take us for dead
             self._control.close()  # the zygote's cue to exit
             self._control = None
         if self._proc is not None:
@@ -169,12 +197,13 @@ class ZygoteProcess:
         self.pid: int | None = None
         self.sentinel: int | None = None
         self._exitcode: int | None = None
+        self._forked_by = 0  # the zygote's pid
         self._orphaned = False  # watched through a pidfd since its zygote vanished
 
     def start(self) -> None:
         if self.pid is not None:
             raise RuntimeError("a process can only be started once")
-        self.pid, self.sentinel = self._zygote.spawn(self._target, self._args)
+        self.pid, self.sentinel, self._forked_by = self._zygote.spawn(self._target, self._args)
         self._finalizer = weakref.finalize(self, _close_quietly, self.sentinel)
 
     @property
@@ -201,6 +230,8 @@ class ZygoteProcess:
         self.sentinel, self._orphaned = pidfd, True
         self._finalizer.detach()
         self._finalizer = weakref.finalize(self, _close_quietly, pidfd)
+        with contextlib.suppress(OSError, ZygoteError):  # then it is ended by the supervisor's stop only
+            self._zygote.adopt(pidfd, vanished=self._forked_by)
         return True
 
     def is_alive(self) -> bool:
@@ -253,31 +284,45 @@ def main(fd: int) -> None:
     gc.freeze()
     _send_frame(control, b"ok")
     exits: dict[int, int] = {}  # live child pid -> write end of its exit pipe
+    adopted: set[int] = set()  # pidfds of live children of a previous zygote
     with selectors.DefaultSelector() as selector:
         selector.register(control, selectors.EVENT_READ)
         selector.register(wake_r, selectors.EVENT_READ)
         while True:
             ready = {key.fileobj for key, _ in selector.select()}
             if wake_r in ready:
-                with contextlib.suppress(BlockingIOError):
-                    while os.read(wake_r, 4096):
-                        pass
+                _drain(wake_r)
                 _reap(exits)
+            for pidfd in adopted & ready:  # an adopted child ended (its own parent reaps it)
+                selector.unregister(pidfd)
+                adopted.discard(pidfd)
+                os.close(pidfd)
             if control in ready:
-                message, fds, _, _ = socket.recv_fds(control, 1, 2)
-                if not message:
-                    break  # the supervisor closed us, or died
+                try:
+                    message, fds, _, _ = socket.recv_fds(control, 1, 2)
+                except OSError:  # reset: the supervisor died with our reply unread
+                    message, fds = b"", []
+                if message == ADOPT:
+                    adopted.update(fds)
+                    for pidfd in fds:
+                        selector.register(pidfd, selectors.EVENT_READ)
+                    continue
+                if message != FORK:
+                    if message != QUIT:  # the socket closed unasked: the supervisor died
+                        _end_orphans(exits, adopted, wake_r)
+                    break
                 data_r, exit_w = fds
                 pid = os.fork()
                 if pid == 0:
-                    zygote_fds = [control.fileno(), selector.fileno(), wake_r, wake_w]
+                    zygote_fds = [control.fileno(), selector.fileno(), wake_r, wake_w, *adopted]
                     _child(data_r, [*zygote_fds, exit_w, *exits.values()])
                 exits[pid] = exit_w
                 os.close(data_r)
                 try:
                     control.sendall(PID.pack(pid))
-                except OSError:
-                    break  # the supervisor is gone
+                except OSError:  # the supervisor died
+                    _end_orphans(exits, adopted, wake_r)
+                    break
 
 
 def _child(data_r: int, inherited: list[int]) -> None:
@@ -311,6 +356,35 @@ def _child(data_r: int, inherited: list[int]) -> None:
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+
+
+def _end_orphans(exits: dict[int, int], adopted: set[int], wake_r: int) -> None:
+    """The supervisor died: end its children as their lifeline would, SIGTERM first (their handlers
+    clean up), SIGKILL for those still running after the grace."""
+    for signum, wait_s in ((signal.SIGTERM, ORPHAN_GRACE_S), (signal.SIGKILL, 5.0)):
+        for pid in exits:  # not reaped yet, so the pid cannot have been reused
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        for pidfd in adopted:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signum)
+        deadline = time.monotonic() + wait_s
+        while True:
+            _reap(exits)
+            left = deadline - time.monotonic()
+            if not (exits or adopted) or left <= 0:
+                break
+            ready, _, _ = select.select([wake_r, *adopted], [], [], left)
+            _drain(wake_r)
+            for pidfd in adopted.intersection(ready):
+                adopted.discard(pidfd)
+                os.close(pidfd)
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 4096):
+            pass
 
 
 def _reap(exits: dict[int, int]) -> None:

@@ -5,6 +5,7 @@ Every test runs under a fixture that fails it if any process it started is still
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import multiprocessing.forkserver
@@ -668,8 +669,30 @@ _ORPHAN_SCRIPT = textwrap.dedent(
 )
 
 
+def _zygotes(supervisor: psutil.Process) -> list[int]:
+    """The live zygotes of `supervisor` (a killed one may linger as a zombie until it is reaped)."""
+    zygotes = []
+    for child in supervisor.children():
+        with contextlib.suppress(psutil.Error):
+            if " ".join(child.cmdline()).endswith("[zygote]"):
+                zygotes.append(child.pid)
+    return zygotes
+
+
+def _pidfds(pid: int) -> int:
+    fds = Path(f"/proc/{pid}/fd")
+    links = []
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            links.append(os.readlink(fd))
+    return links.count("anon_inode:[pidfd]")
+
+
 @pytest.mark.timeout(60)
-def test_children_exit_when_supervisor_is_sigkilled(tmp_path: Path, ready_dir: Path) -> None:
+@pytest.mark.parametrize("zygote_killed_first", [False, True], ids=["zygote", "adopted-by-a-new-zygote"])
+def test_children_exit_when_supervisor_is_sigkilled(
+    tmp_path: Path, ready_dir: Path, zygote_killed_first: bool
+) -> None:
     log = tmp_path / "cleanup.log"
     proc = subprocess.Popen(
         [sys.executable, "-c", _ORPHAN_SCRIPT, str(ready_dir), str(log)],
@@ -677,13 +700,24 @@ def test_children_exit_when_supervisor_is_sigkilled(tmp_path: Path, ready_dir: P
         stdout=subprocess.PIPE,
         text=True,
     )
+    everything: list[int] = []
     try:
         pids = json.loads(proc.stdout.readline())
         for name, pid in pids.items():
             _wait_ready(ready_dir, name, pid)
-        # Also the script's forkserver and resource tracker: nothing at all may survive it.
-        everything = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        supervisor = psutil.Process(proc.pid)
+        # Also the script's zygote: nothing at all may survive it.
+        everything += [p.pid for p in supervisor.children(recursive=True)]
         assert set(pids.values()) <= set(everything)
+        if zygote_killed_first:  # the children live on, and a new zygote adopts them
+            (zygote,) = _zygotes(supervisor)
+            os.kill(zygote, signal.SIGKILL)
+            _wait_until(lambda: _zygotes(supervisor) not in ([], [zygote]), what="a new zygote")
+            (new_zygote,) = _zygotes(supervisor)
+            everything.append(new_zygote)
+            # It holds a pidfd of each adopted child (its own children, once forked, hold none).
+            _wait_until(lambda: _pidfds(new_zygote) == len(pids), what="the new zygote to adopt them")
+            assert not any(_gone(pid) for pid in pids.values())
         proc.kill()
         proc.wait(5)
         _wait_until(lambda: all(_gone(p) for p in everything), timeout=5.0, what="orphans to exit")
@@ -691,6 +725,9 @@ def test_children_exit_when_supervisor_is_sigkilled(tmp_path: Path, ready_dir: P
         proc.kill()
         proc.wait(5)
         proc.stdout.close()
+        for pid in everything:  # after a failure above: leave nothing behind either
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     # The child with a SIGTERM handler ran it, and the one ignoring SIGTERM was ended after the grace.
     assert log.read_text().split() == ["cleanup"]
 
