@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,6 +13,12 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+
+# Tests send Ctrl-C (SIGINT) to the commands they start. A shell starts a background job (`make
+# test &`) with SIGINT ignored, and an ignored signal stays ignored in every program it runs: Python
+# would then install no KeyboardInterrupt handler. A handled signal is reset to the default on exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data" / "semeion.data"
