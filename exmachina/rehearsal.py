@@ -11,10 +11,12 @@ private temporary directories, removed before the first neuron is forked.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 
 import numpy as np
+import zmq
 
 from exmachina import transport, wire
 from exmachina.activations import ACTIVATIONS
@@ -89,23 +91,32 @@ def _log(run: RunDir) -> None:
 
 
 def _link() -> None:
-    """An inbox and the PUSH links into it, then gone: the context ends (no thread survives to the fork)."""
+    """An inbox and the PUSH links into it, then gone: the context ends (no thread survives to the fork).
+    Where no ipc socket can be made (a tcp run, a socket directory that does not fit), it only
+    costs the sharing: the run itself says what is wrong if it needs one."""
     frame = wire.encode(wire.FORWARD, 0, 0, wire.payload(np.full(1, 0.5)))
-    place = str(transport.socket_dir())  # where the run's sockets go, so the paths fit as theirs do
-    endpoints = []
+    endpoints: list[str] = []
+    place = None
     try:
+        place = transport.socket_dir()  # where the run's sockets go, so the paths fit as theirs do
         for i in range(REPEATS):
             ctx = transport.context(8)
-            inbox, endpoint = transport.pull(ctx, "ipc", place, f"rehearsal.{i}")
-            endpoints.append(endpoint)
-            links = [transport.push(ctx, endpoint) for _ in range(2)]
-            for _ in range(8):
-                for link in links:
-                    link.send(frame)
-                for _ in links:
-                    inbox.recv()
-            for sock in [*links, inbox]:
-                sock.close()
-            ctx.term()
+            try:
+                inbox, endpoint = transport.pull(ctx, "ipc", str(place), f"rehearsal.{i}")
+                inbox.setsockopt(zmq.RCVTIMEO, 1000)  # never wait for ever in the zygote
+                endpoints.append(endpoint)
+                links = [transport.push(ctx, endpoint) for _ in range(2)]
+                for _ in range(8):
+                    for link in links:
+                        link.send(frame)
+                    for _ in links:
+                        inbox.recv()
+            finally:
+                ctx.destroy(linger=0)  # closes its sockets, joins its threads
+    except (OSError, zmq.ZMQError, transport.TransportError):
+        pass
     finally:
-        transport.release(endpoints)  # the socket files, then their directory
+        transport.release(endpoints)  # the socket files
+        if place is not None:
+            with contextlib.suppress(OSError):  # gone with the last socket file, or left empty
+                place.rmdir()

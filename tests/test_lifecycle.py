@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import tempfile
 
 import msgpack
 import numpy as np
@@ -13,6 +14,7 @@ import zmq
 
 from exmachina import wire
 from exmachina.parameters import Parameters
+from exmachina.rehearsal import rehearse
 from tests.conftest import exmachina_processes, start_learn, wait_for, write_config
 from tests.conftest import xor_config as make
 from tests.test_equivalence import assert_same_parameters, reference_after
@@ -121,3 +123,19 @@ def test_neurons_exit_when_the_supervisor_is_killed(tmp_path):
     finally:
         proc.kill()
         proc.communicate()
+
+
+def test_the_zygotes_rehearsal_leaves_no_thread_file_or_socket(tmp_path, monkeypatch):
+    # The zygote forks every neuron after rehearsing: a ZeroMQ thread left running would be a thread
+    # its children lack, a socket or log file left open would be shared by a thousand of them.
+    sockets, scratch = tmp_path / "sockets", tmp_path / "tmp"
+    sockets.mkdir()
+    scratch.mkdir()
+    monkeypatch.setenv("EXMACHINA_SOCKET_DIR", str(sockets))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    me = psutil.Process()
+    threads, files, connections = me.num_threads(), me.open_files(), me.net_connections("unix")
+    rehearse(samples=16)
+    assert me.num_threads() == threads
+    assert me.open_files() == files and me.net_connections("unix") == connections
+    assert list(sockets.iterdir()) == [] and list(scratch.iterdir()) == []
