@@ -655,13 +655,13 @@ _ORPHAN_SCRIPT = textwrap.dedent(
     from supervisor import ChildSpec, Supervisor
     from tests.supervisor_children import sleeper
 
-    ready, log = sys.argv[1], sys.argv[2]
+    ready, log, context = sys.argv[1], sys.argv[2], sys.argv[3]
     specs = [
         ChildSpec("plain", sleeper, kwargs={"name": "plain", "ready_dir": ready}),
         ChildSpec("cleanup", sleeper, kwargs={"name": "cleanup", "ready_dir": ready, "log_path": log}),
         ChildSpec("stubborn", sleeper, kwargs={"name": "stubborn", "ready_dir": ready, "ignore_term": True}),
     ]
-    sup = Supervisor(specs, preload=["tests.supervisor_children"])
+    sup = Supervisor(specs, preload=["tests.supervisor_children"], context=context)
     sup.start()
     print(json.dumps(sup.pids), flush=True)
     sup.run()
@@ -689,13 +689,17 @@ def _pidfds(pid: int) -> int:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("zygote_killed_first", [False, True], ids=["zygote", "adopted-by-a-new-zygote"])
+@pytest.mark.parametrize(
+    ("context", "zygote_killed_first"),
+    [("zygote", False), ("zygote", True), ("forkserver", False)],
+    ids=["zygote", "adopted-by-a-new-zygote", "forkserver-lifeline-threads"],
+)
 def test_children_exit_when_supervisor_is_sigkilled(
-    tmp_path: Path, ready_dir: Path, zygote_killed_first: bool
+    tmp_path: Path, ready_dir: Path, context: str, zygote_killed_first: bool
 ) -> None:
     log = tmp_path / "cleanup.log"
     proc = subprocess.Popen(
-        [sys.executable, "-c", _ORPHAN_SCRIPT, str(ready_dir), str(log)],
+        [sys.executable, "-c", _ORPHAN_SCRIPT, str(ready_dir), str(log), context],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         text=True,

@@ -160,7 +160,6 @@ def _learn(
             "exmachina.neuron",
             "exmachina.coordinator",
             "supervisor.process",
-            "supervisor.lifeline",
             "psutil",
             "exmachina.rehearsal:rehearse",
         ],
