@@ -6,7 +6,7 @@ watches the supervisor's pid and, when it disappears, terminates itself: first S
 target's own handler can clean up), then a hard `os._exit` after a grace period.
 
 Children of a zygote (the default) need no thread of their own: the zygote notices the supervisor's
-death and ends them the same way (see `supervisor.zygote`), sparing each child 0.4 MB of memory.
+death and ends them the same way (see `supervisor.zygote`), sparing each child 0.2-0.4 MB of memory.
 """
 
 from __future__ import annotations
