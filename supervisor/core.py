@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any
 
+import setproctitle
+
 from .process import ChildProcess
 from .spec import ChildSpec, Restart
 from .zygote import Zygote
@@ -403,12 +405,8 @@ class Supervisor:
                 pass
 
 
-def _zygote_title() -> str | None:
+def _zygote_title() -> str:
     """The zygote is titled after the supervising process, so `ps` shows whose it is."""
-    try:
-        import setproctitle
-    except ImportError:  # pragma: no cover - a dependency
-        return None
     return f"{setproctitle.getproctitle()} [zygote]"
 
 

@@ -80,9 +80,6 @@ class Zygote:
         self._started_with: tuple[str, list[str]] | None = None  # the zygote's cwd and sys.path
         self._lock = threading.Lock()
 
-    def get_start_method(self) -> str:
-        return "zygote"
-
     def Process(  # noqa: N802  (multiprocessing's name)
         self, target: Callable[..., Any], args: tuple = (), name: str = "", daemon: bool = False
     ) -> ZygoteProcess:

@@ -159,7 +159,6 @@ def _learn(
         preload=[
             "exmachina.neuron",
             "exmachina.coordinator",
-            "supervisor.process",
             "psutil",
             "exmachina.rehearsal:rehearse",
         ],
