@@ -13,7 +13,6 @@ and replays that sample under a new id. The updates the neuron made since its ch
 from __future__ import annotations
 
 import collections
-import logging
 import os
 import signal
 import time
@@ -27,7 +26,7 @@ from exmachina import checkpoints, curve, transport, wire
 from exmachina.activations import LOSSES, accuracy, predictions
 from exmachina.config import Config
 from exmachina.datasets import Dataset, epoch_order
-from exmachina.logs import close_log, open_log
+from exmachina.logs import DEBUG, Log, close_log, open_log
 from exmachina.parameters import Parameters, of_config
 from exmachina.progress import Progress
 from exmachina.runs import RunDir, Site, write_json
@@ -126,9 +125,7 @@ class Position:
 
 
 class Coordinator:
-    def __init__(
-        self, config: Config, site: Site, log: logging.Logger, keys: curve.Keypair | None = None
-    ) -> None:
+    def __init__(self, config: Config, site: Site, log: Log, keys: curve.Keypair | None = None) -> None:
         self.config = config
         self.keys = keys
         self.site = site
@@ -368,7 +365,7 @@ class Coordinator:
     def _launch(self, flight: Flight) -> int:
         """Send a batch's inputs to the sensors under a fresh sample id."""
         self.sample += 1
-        debug = self.log.isEnabledFor(logging.DEBUG)
+        debug = self.log.isEnabledFor(DEBUG)
         for nid, column in zip(self.inputs, flight.x.T):
             if debug:
                 self._debug_hop("send", flight.kind, self.sample, f"to={nid}", column)
@@ -416,7 +413,7 @@ class Coordinator:
                 self._aside(message)
                 continue
             deadline = time.monotonic() + timeout
-            debug = self.log.isEnabledFor(logging.DEBUG)
+            debug = self.log.isEnabledFor(DEBUG)
             if debug:
                 self._debug_hop("recv", message[0], message[1], f"sender={message[2]}", message[3])
             if flight.kind == wire.FORWARD and flight.output is not None and flight.errors_sent is False:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import signal
 import threading
@@ -24,6 +23,8 @@ from dataclasses import dataclass, field
 import zmq
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
+
+from exmachina.logs import Log
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks, fixed by RFC 27
 ZAP_DOMAIN = b"exmachina"
@@ -93,7 +94,7 @@ class Gatekeeper:
         self,
         ctx: zmq.Context,
         admitted: Mapping[str, bytes],
-        log: logging.Logger,
+        log: Log,
         run_keys: Mapping[str, bytes] | None = None,
     ) -> None:
         self.log = log

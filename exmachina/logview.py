@@ -1,6 +1,6 @@
 """Reading a run's log files: parse, merge in time order, follow like `tail -f` across rotation.
 
-Every process of a run writes `neurons/<id>.log` (see `logs.py`); `RotatingFileHandler` renames a
+Every process of a run writes `neurons/<id>.log` (see `logs.py`); a log's rotation renames a
 full `x.log` to `x.log.1` (and `x.log.1` to `x.log.2` ...), so one process's log, oldest first, is
 `x.log.N ... x.log.1 x.log`. Lines start with a fixed-width microsecond stamp, so sorting by the
 stamp's text is sorting by time, and several logs merge without parsing a single date.

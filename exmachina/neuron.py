@@ -8,7 +8,6 @@ sockets; `serve` is the process around it: sockets, wiring, the event loop, logs
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -22,7 +21,7 @@ import zmq
 from exmachina import checkpoints, curve, transport, wire
 from exmachina.activations import ACTIVATIONS
 from exmachina.learning import axon_gradient, bias_gradient, descend, error, fire
-from exmachina.logs import close_log, open_log
+from exmachina.logs import DEBUG, Log, close_log, open_log
 from exmachina.runs import RunDir, Site
 from exmachina.topology import COORDINATOR, INBOX, NeuronSpec, socket_name
 
@@ -74,7 +73,7 @@ class Gathering:
 class Pending(dict):
     """Gatherings by sample id, bounded by MAX_PENDING (oldest forgotten first)."""
 
-    def __init__(self, synapses: int, log: logging.Logger, what: str) -> None:
+    def __init__(self, synapses: int, log: Log, what: str) -> None:
         super().__init__()
         self.synapses, self.log, self.what = synapses, log, what
 
@@ -97,9 +96,9 @@ class Pending(dict):
 class Dendrites:
     """The input synapses: activities come in, errors go back out."""
 
-    def __init__(self, peers: tuple[str, ...], log: logging.Logger) -> None:
+    def __init__(self, peers: tuple[str, ...], log: Log) -> None:
         self.peers, self.log = peers, log
-        self.debug = log.isEnabledFor(logging.DEBUG)  # the level is set once, at start
+        self.debug = log.isEnabledFor(DEBUG)  # the level is set once, at start
         self.incoming = Pending(len(peers), log, "activities")
         self.links: list[zmq.Socket] = []  # one PUSH back to each upstream peer, in synapse order
 
@@ -116,11 +115,9 @@ class Dendrites:
 class Axon:
     """The outgoing synapses, each with its own weight."""
 
-    def __init__(
-        self, weights: np.ndarray, plastic: bool, peers: tuple[str, ...], log: logging.Logger
-    ) -> None:
+    def __init__(self, weights: np.ndarray, plastic: bool, peers: tuple[str, ...], log: Log) -> None:
         self.weights, self.plastic, self.peers, self.log = weights, plastic, peers, log
-        self.debug = log.isEnabledFor(logging.DEBUG)
+        self.debug = log.isEnabledFor(DEBUG)
         self.errors = Pending(len(weights), log, "errors")
         self.links: list[zmq.Socket] = []  # one PUSH to each downstream peer, in synapse order
 
@@ -143,10 +140,10 @@ class Axon:
 class Neuron:
     """The nine steps of the original, as message handlers."""
 
-    def __init__(self, spec: NeuronSpec, log: logging.Logger) -> None:
+    def __init__(self, spec: NeuronSpec, log: Log) -> None:
         self.spec = spec
         self.log = log
-        self.debug = log.isEnabledFor(logging.DEBUG)
+        self.debug = log.isEnabledFor(DEBUG)
         self.activation = ACTIVATIONS[spec.activation]
         self.bias = np.array(spec.bias)  # 0-d array: updated in place like the axon
         self.dendrites = Dendrites(spec.upstream, log)
@@ -264,9 +261,7 @@ def serve(
 class NeuronProcess:
     """The process around a Neuron: its sockets, its wiring, its event loop, its signals and stats."""
 
-    def __init__(
-        self, spec: NeuronSpec, site: Site, log: logging.Logger, keys: curve.Keypair | None = None
-    ) -> None:
+    def __init__(self, spec: NeuronSpec, site: Site, log: Log, keys: curve.Keypair | None = None) -> None:
         self.spec, self.site, self.log, self.keys = spec, site, log, keys
         self.neuron = Neuron(spec, log)
         self.kept = checkpoints.counts(site.run_dir, spec.id)  # listed once; save() keeps it current

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import os
 import signal
 import socket
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from exmachina import curve
 from exmachina.config import Config
+from exmachina.logs import Log
 from exmachina.runs import RunDir, Site
 from exmachina.topology import NeuronSpec
 
@@ -147,7 +147,7 @@ class RayNeurons:
     """The run's neurons as actors: started in placement order, watched, stopped, their files
     fetched. The local supervisor still runs the coordinator."""
 
-    def __init__(self, config: Config, site: Site, specs: list[NeuronSpec], log: logging.Logger) -> None:
+    def __init__(self, config: Config, site: Site, specs: list[NeuronSpec], log: Log) -> None:
         self.config, self.site, self.specs, self.log = config, site, specs, log
         self.actors: dict[str, object] = {}
         self.serving: dict[object, str] = {}  # serve() reference -> neuron id

@@ -25,7 +25,7 @@ from exmachina import parameters as parameters_module
 from exmachina.config import Config, ConfigError, load_config
 from exmachina.coordinator import coordinate
 from exmachina.datasets import DatasetError
-from exmachina.logs import close_log, open_log
+from exmachina.logs import Log, close_log, open_log
 from exmachina.neuron import serve
 from exmachina.parameters import Parameters
 from exmachina.runs import RunDir, Site, resolve
@@ -308,9 +308,10 @@ def _describe(s: dict, run: RunDir) -> str:
     return "\n".join(lines)
 
 
-def _log_event(log, event: Event) -> None:  # noqa: ANN001
-    level = 30 if event.kind in ("exited", "restarting", "intensity_exceeded") and event.exitcode else 20
-    log.log(level, "%s %s pid=%s exitcode=%s", event.kind, event.child or "", event.pid, event.exitcode)
+def _log_event(log: Log, event: Event) -> None:
+    failed = event.kind in ("exited", "restarting", "intensity_exceeded") and event.exitcode
+    say = log.warning if failed else log.info
+    say("%s %s pid=%s exitcode=%s", event.kind, event.child or "", event.pid, event.exitcode)
 
 
 def _set_title(title: str) -> None:
