@@ -77,8 +77,10 @@ class RuntimeConfig:
     log_backups: int = 2
     runs_dir: str = "runs"  # relative to the current directory
     stats_interval: float = 1.0  # seconds between a neuron's periodic stats
-    snapshot_every: int = 100  # samples between live weight snapshots (viewer); 0: only at epoch ends
-    checkpoint_every: int = 100  # samples between each neuron's own checkpoint; 0: only epoch ends
+    snapshot_every: int = 100  # updates (batches) between live weight snapshots (viewer); 0: at epoch ends
+    # updates (batches) between each neuron's own checkpoints, which the last epoch's end also makes;
+    # 0: at every epoch's end instead
+    checkpoint_every: int = 100
     max_restarts: int = 5  # restart intensity: at most this many restarts ...
     restart_period: float = 10.0  # ... within this many seconds
 

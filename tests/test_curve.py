@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import pickle
 import re
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
 
-from exmachina import curve, datasets, parameters, topology, wire
+from exmachina import checkpoints, curve, datasets, logview, parameters, topology, wire
 from exmachina.config import config_from_dict
+from exmachina.logs import close_log, open_log
 from exmachina.parameters import Parameters
 from exmachina.runs import Site
 from exmachina.supervisor import child_specs
@@ -105,6 +106,7 @@ def test_a_killed_neuron_comes_back_with_its_key_and_is_let_back_in(tmp_path, no
         run = run_dir(tmp_path)
         log = run / "neurons" / "hidden1.2.log"
         key = wait_for(lambda: KEY.search(log.read_text())).group(1)
+        wait_for(lambda: checkpoints.counts(run, "hidden1.2"), timeout=60)  # something to restore
         os.kill(int(re.search(r"start pid=(\d+)", log.read_text()).group(1)), signal.SIGKILL)
         _, err = proc.communicate(timeout=120)
     finally:
@@ -171,24 +173,15 @@ def test_a_bad_curve_setting_is_one_line_and_exit_2(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-class Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 @contextlib.contextmanager
-def guarded_inbox(admitted: dict[str, curve.Keypair], run_keys: dict[str, curve.Keypair]):
+def guarded_inbox(folder: Path, admitted: dict[str, curve.Keypair], run_keys: dict[str, curve.Keypair]):
     """A CURVE PULL on a free tcp port with its gatekeeper, in this process; yields (connect, gate,
-    inbox, log lines), connect(keys) being a PUSH client of it."""
+    inbox, lines), connect(keys) being a PUSH client of it and lines, once the block is left, the
+    messages of the gatekeeper's log."""
     me = curve.Keypair(*zmq.curve_keypair())
-    log = logging.getLogger("test-gatekeeper")
-    log.setLevel(logging.INFO)
-    lines = Lines()
-    log.addHandler(lines)
+    path = folder / "gatekeeper.log"
+    log = open_log("gatekeeper", path, "info", 1_000_000, 1)
+    lines: list[str] = []
     ctx = zmq.Context()
     try:
         gate = curve.Gatekeeper(ctx, curve.public_keys(admitted), log, curve.public_keys(run_keys))
@@ -205,19 +198,20 @@ def guarded_inbox(admitted: dict[str, curve.Keypair], run_keys: dict[str, curve.
             sock.connect(inbox.getsockopt_string(zmq.LAST_ENDPOINT))
             return sock
 
-        yield connect, gate, inbox, lines.lines
+        yield connect, gate, inbox, lines
         gate.stop()
         assert not gate._thread.is_alive()
     finally:
         ctx.destroy(linger=0)
-        log.removeHandler(lines)
+        close_log(log)
+    lines += [r.message for r in logview.records(path.read_bytes().splitlines(keepends=True), "gatekeeper")]
 
 
 @pytest.mark.timeout(30)
-def test_the_gatekeeper_admits_its_peers_and_refuses_the_rest_once_each():
+def test_the_gatekeeper_admits_its_peers_and_refuses_the_rest_once_each(tmp_path):
     keys = curve.generate(["peer", "other"])
     stranger = curve.Keypair(*zmq.curve_keypair())
-    with guarded_inbox({"peer": keys["peer"]}, keys) as (connect, gate, inbox, lines):
+    with guarded_inbox(tmp_path, {"peer": keys["peer"]}, keys) as (connect, gate, inbox, lines):
         senders = [keys["other"], stranger, stranger, keys["peer"]]  # the stranger tries twice
         links = [connect(pair) for pair in senders]
         for sock, pair in zip(links, senders):
@@ -232,9 +226,9 @@ def test_the_gatekeeper_admits_its_peers_and_refuses_the_rest_once_each():
 
 
 @pytest.mark.timeout(30)
-def test_a_flood_of_strangers_is_counted_not_logged(monkeypatch):
+def test_a_flood_of_strangers_is_counted_not_logged(tmp_path, monkeypatch):
     monkeypatch.setattr(curve, "LOGGED_REFUSALS", 2)
-    with guarded_inbox({}, {}) as (connect, gate, _, lines):
+    with guarded_inbox(tmp_path, {}, {}) as (connect, gate, _, lines):
         links = [connect(curve.Keypair(*zmq.curve_keypair())) for _ in range(6)]
         for sock in links:
             sock.send(b"let me in")
