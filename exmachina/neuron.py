@@ -32,6 +32,9 @@ REMEMBER_DROPPED = 64
 # a flood of stray sample ids can never grow a neuron's memory without bound.
 MAX_PENDING = 256
 
+# Up to this many values a batch's stats are summed in plain Python, beyond it in NumPy.
+SMALL_BATCH = 32
+
 
 class Unexpected(ValueError):
     """A well-formed message that makes no sense now: duplicate, unknown synapse or sample."""
@@ -170,7 +173,7 @@ class Neuron:
             if len(self.fired) >= MAX_PENDING:  # stray traffic must not grow memory without bound
                 self.forget(next(iter(self.fired)))
             self.fired[sample] = (net, activity, self.axon.weights.copy())
-            self.activity_sum += sum(activity.tolist()) / len(activity)  # stats: plain Python is 6x cheaper
+            self.activity_sum += _mean(activity)
         self.sent += self.axon.transmit(kind, sample, activity, self.spec.index)  # 3-4. weight, send on
 
     def on_error(self, sample: int, synapse: int, data: bytes) -> bool:
@@ -188,7 +191,7 @@ class Neuron:
         if self.spec.learn_bias:
             descend(self.bias, bias_gradient(delta), self.spec.learning_rate)
         self.updates += 1
-        self.error_sum += sum(map(abs, delta.tolist())) / len(delta)
+        self.error_sum += _mean(delta, magnitude=True)
         if self.debug:
             show = wire.show(delta)
             self.log.debug(
@@ -214,6 +217,15 @@ class Neuron:
         self.axon.weights[:] = checkpoints.weights_of(state)
         self.bias[...] = state["bias"]
         self.updates = self.reported_updates = state["updates"]
+
+
+def _mean(batch: np.ndarray, magnitude: bool = False) -> float:
+    """A batch's mean (of magnitudes) for the stats: in plain Python for a few values, 6x cheaper
+    than NumPy online; in NumPy for many (a list of floats per batch took 6% of a full-batch run)."""
+    if len(batch) <= SMALL_BATCH:
+        values = batch.tolist()
+        return sum(map(abs, values) if magnitude else values) / len(values)
+    return float(np.abs(batch).mean() if magnitude else batch.mean())
 
 
 def _fmt(values: np.ndarray, limit: int = 8) -> str:
