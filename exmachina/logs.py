@@ -48,32 +48,31 @@ class Log:
         return level >= self.level
 
     def debug(self, message: str, *args: object) -> None:
-        if self.level <= DEBUG:
-            self._write(DEBUG, message % args if args else message)
+        self._log(DEBUG, message, args)
 
     def info(self, message: str, *args: object) -> None:
-        if self.level <= INFO:
-            self._write(INFO, message % args if args else message)
+        self._log(INFO, message, args)
 
     def warning(self, message: str, *args: object) -> None:
-        if self.level <= WARNING:
-            self._write(WARNING, message % args if args else message)
+        self._log(WARNING, message, args)
 
     def error(self, message: str, *args: object) -> None:
-        if self.level <= ERROR:
-            self._write(ERROR, message % args if args else message)
+        self._log(ERROR, message, args)
 
     def exception(self, message: str, *args: object) -> None:
         """An error, followed by the traceback of the exception being handled."""
         if self.level <= ERROR:
-            text = message % args if args else message
-            self._write(ERROR, f"{text}\n{traceback.format_exc().rstrip()}")
+            self._write(ERROR, f"{message % args if args else message}\n{traceback.format_exc().rstrip()}")
 
     def close(self) -> None:
         with self._lock:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+
+    def _log(self, level: int, message: str, args: tuple) -> None:
+        if level >= self.level:  # formatted only when written, as logging does
+            self._write(level, message % args if args else message)
 
     def _write(self, level: int, text: str) -> None:
         seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
