@@ -29,8 +29,9 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff check exmachina supervisor tests
 	$(PY) -m ruff format --check exmachina supervisor tests
 
+# e.g. `make bench BENCH_ARGS=--startup=100,1000,10000` on the 16-core machine
 bench: $(VENV)/.installed
-	$(PY) -m exmachina.bench
+	$(PY) -m exmachina.bench $(BENCH_ARGS)
 
 bench-quick: $(VENV)/.installed
 	$(PY) -m exmachina.bench --quick

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -640,9 +640,10 @@ def machine_info() -> dict:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
+    usable = len(os.sched_getaffinity(0))
     return {
         "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
+        "cpus_usable": usable,
         "cpu_model": model,
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
@@ -653,7 +654,7 @@ def machine_info() -> dict:
         "numpy": np.__version__,
         "platform": platform.platform(),
         "load_average": list(os.getloadavg()),
-        "sixteen_core_machine": "none was available in this task: every figure is from this machine",
+        "sixteen_core_machine": "this is one" if usable >= 16 else f"not this one ({usable} usable cores)",
     }
 
 
@@ -661,7 +662,8 @@ def machine_info() -> dict:
 
 
 NOTES = [
-    "No 16-core machine was available in this task: 1 vs 2 cores is all this machine allows.",
+    "The cores rows pin the same run to 1, 2, 4 ... of this machine's usable cores: 1 and 2 on the "
+    "2-core machine, up to 16 on the 16-core one (see machine.sixteen_core_machine).",
     "samples_per_s is summary.json's (training time, epoch ends included); in_epoch_samples_per_s "
     "is metrics.jsonl's (inside epochs only).",
     "Messages per sample count every synapse message, forward and backward, coordinator links "
@@ -669,8 +671,8 @@ NOTES = [
     "readings taken while training, over the messages of the batches completed in between.",
     "CPU µs/msg is '-' (null) where a run was too short for two stats.json readings inside "
     "training (they come once a second).",
-    "XOR's 4-row epochs each end with a checkpoint and a snapshot: compare samples/s with "
-    "in-epoch/s to see what that costs.",
+    "Each epoch ends with a line in metrics.jsonl and the coordinator's scores (the last epoch also "
+    "with every neuron's checkpoint): compare samples/s with in-epoch/s to see what that costs.",
     "The machine may be shared: see machine.load_average (start) and load_average_end.",
     "'of bare' is batches/s (samples/s online) over the rounds/s of the bare network of the same "
     "shape (transport.bare: the same processes, links and msgpack messages, one round in flight, "
@@ -810,7 +812,8 @@ class Bench:
         ]
 
     def cores(self, semeion: Path) -> list[dict]:
-        """The same run pinned to 1 core, then to 2 (children inherit the affinity)."""
+        """The same run pinned to 1 core, 2, 4 ... up to every usable one (children inherit the
+        affinity). Here that is 1 and 2; on the 16-core machine, 1 to 16."""
         p, usable = self.profile, sorted(os.sched_getaffinity(0))
         tasks = [("xor 2-2-1", xor_config(p.core_samples_xor), 60 + p.core_samples_xor / 20)]
         if p.core_samples_semeion:
@@ -818,19 +821,25 @@ class Bench:
             tasks.append(("256-8-10 online", config, 90 + p.core_samples_semeion))
         pairs = []
         for task, config, timeout in tasks:
-            pair: dict[str, Any] = {"task": task}
-            for n in (1, 2):
-                if len(usable) < n:
-                    pair[f"cores_{n}"] = {"status": "skipped", "error": f"only {len(usable)} usable"}
-                else:
-                    name = f"{task} on {n} core{'s' * (n > 1)}"
-                    cpus = set(usable[:n])
-                    pair[f"cores_{n}"] = self.network(name, config, timeout, reference=False, cpus=cpus)
-            one, two = pair["cores_1"], pair["cores_2"]
-            if one["status"] == two["status"] == "ok":
-                pair["speedup_2_over_1"] = two["samples_per_s"] / one["samples_per_s"]
+            pair: dict[str, Any] = {"task": task, "counts": core_counts(len(usable))}
+            for n in pair["counts"]:
+                name = f"{task} on {n} core{'s' * (n > 1)}"
+                cpus = set(usable[:n])
+                pair[f"cores_{n}"] = self.network(name, config, timeout, reference=False, cpus=cpus)
+            one = pair["cores_1"]
+            for n in pair["counts"][1:]:
+                if one["status"] == pair[f"cores_{n}"]["status"] == "ok":
+                    pair[f"speedup_{n}_over_1"] = pair[f"cores_{n}"]["samples_per_s"] / one["samples_per_s"]
             pairs.append(pair)
         return pairs
+
+
+def core_counts(usable: int) -> list[int]:
+    """1, 2, 4 ... below the usable cores, then all of them: [1, 2] here, [1, 2, 4, 8, 16] on 16."""
+    counts = [1]
+    while counts[-1] * 2 < usable:
+        counts.append(counts[-1] * 2)
+    return counts + [usable] if usable > 1 else counts
 
 
 def run_bench(
@@ -1015,17 +1024,19 @@ def render(results: dict, console: Console) -> None:
             _fmt(row.get("peak_pss_mb"), ",.0f"),
         )
     console.print(table)
-    table = Table(title="cores (no 16-core machine was available in this task)", title_justify="left")
-    for col in ("task", "1 core samples/s", "2 cores samples/s", "2 / 1"):
-        table.add_column(col, justify="left" if col == "task" else "right")
-    for pair in results.get("cores", []):
-        one, two = pair["cores_1"], pair["cores_2"]
-        table.add_row(
-            pair["task"],
-            _rate(one.get("samples_per_s")) if one["status"] == "ok" else one["status"],
-            _rate(two.get("samples_per_s")) if two["status"] == "ok" else two["status"],
-            _fmt(pair.get("speedup_2_over_1"), ".2f") + "×",
-        )
+    pairs = results.get("cores", [])
+    counts = pairs[0]["counts"] if pairs else [1]
+    table = Table(title=f"cores (of this machine's {counts[-1]})", title_justify="left")
+    table.add_column("task", justify="left")
+    for n in counts:
+        table.add_column(f"{n} core{'s' * (n > 1)} samples/s", justify="right")
+    if len(counts) > 1:
+        table.add_column(f"{counts[-1]} / 1", justify="right")
+    for pair in pairs:
+        rates = [pair[f"cores_{n}"] for n in counts]
+        cells = [_rate(r.get("samples_per_s")) if r["status"] == "ok" else r["status"] for r in rates]
+        speedup = [_fmt(pair.get(f"speedup_{counts[-1]}_over_1"), ".2f") + "×"] if len(counts) > 1 else []
+        table.add_row(pair["task"], *cells, *speedup)
     console.print(table)
     failed = _failures(results)
     if failed:
@@ -1042,7 +1053,7 @@ def _failures(results: dict) -> list[str]:
         *results.get("training", []),
         *results.get("pipelining", []),
         *results.get("startup", []),
-        *(r for pair in results.get("cores", []) for r in (pair["cores_1"], pair["cores_2"])),
+        *(pair[f"cores_{n}"] for pair in results.get("cores", []) for n in pair["counts"]),
     ]
     failed = [f"{r.get('name')}: {r.get('error')}" for r in rows if r.get("status") == "failed"]
     return failed + [f"{r.get('name')}: socket files left behind" for r in rows if r.get("socket_files_left")]
@@ -1059,13 +1070,31 @@ def _terminated(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of sizes: {text!r}") from None
+    if any(n < 4 for n in sizes):
+        raise argparse.ArgumentTypeError(f"a start-up network has at least 4 neurons: {text!r}")
+    return sizes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m exmachina.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a look in under a minute")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results file (default {DEFAULT_OUT})")
     parser.add_argument("--semeion", type=Path, default=SEMEION, help="semeion.data (default: %(default)s)")
+    parser.add_argument(
+        "--startup",
+        type=_sizes,
+        help="network sizes of the start-up rows, e.g. 100,1000,10000 on the 16-core machine "
+        "(default: the profile's)",
+    )
     args = parser.parse_args(argv)
     profile = QUICK if args.quick else FULL
+    if args.startup is not None:
+        profile = replace(profile, startup_sizes=args.startup)
     signal.signal(signal.SIGTERM, _terminated)  # unwind, so that the row in progress stops its tree
     console = _console()
     results = run_bench(profile, args.out, args.semeion, say=lambda text: console.print(text, style="dim"))

@@ -31,6 +31,13 @@ TINY = replace(
 )
 
 
+def test_the_cores_rows_double_up_to_every_usable_core():
+    assert bench.core_counts(1) == [1]
+    assert bench.core_counts(2) == [1, 2]
+    assert bench.core_counts(6) == [1, 2, 4, 6]
+    assert bench.core_counts(16) == [1, 2, 4, 8, 16]
+
+
 def test_messages_per_batch_counts_every_link_both_ways():
     # coordinator->2 inputs, 2x2, 2x1, output->coordinator = 9 links, forward and back
     assert bench.messages_per_batch([2, 2, 1]) == 18
@@ -130,11 +137,14 @@ def test_run_bench_writes_consistent_results(tmp_path, no_leftovers):
     assert math.isclose(xor["over_bare"], xor["samples_per_s"] / bare["samples_per_s"])
 
     (pair,) = results["cores"]
-    one, two = pair["cores_1"], pair["cores_2"]
+    assert pair["counts"] == bench.core_counts(machine["cpus_usable"])
+    one = pair["cores_1"]
     assert one["cpus"] and len(one["cpus"]) == 1
-    if machine["cpus_usable"] >= 2:
-        assert len(two["cpus"]) == 2
-        assert math.isclose(pair["speedup_2_over_1"], two["samples_per_s"] / one["samples_per_s"])
+    for n in pair["counts"][1:]:
+        assert len(pair[f"cores_{n}"]["cpus"]) == n
+        assert math.isclose(
+            pair[f"speedup_{n}_over_1"], pair[f"cores_{n}"]["samples_per_s"] / one["samples_per_s"]
+        )
     assert results["startup"] == [] and "pipelining" not in results
 
     text = io.StringIO()
