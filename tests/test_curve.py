@@ -100,7 +100,7 @@ def test_strangers_on_a_live_neurons_tcp_inbox_get_nothing_in(tmp_path, no_lefto
 
 @pytest.mark.timeout(150)
 def test_a_killed_neuron_comes_back_with_its_key_and_is_let_back_in(tmp_path, no_leftovers):
-    proc = start_learn(tcp_xor(tmp_path, epochs=400, checkpoint_every=20))
+    proc = start_learn(tcp_xor(tmp_path, epochs=1000, checkpoint_every=20))
     try:
         training_underway(tmp_path)
         run = run_dir(tmp_path)

@@ -35,7 +35,7 @@ def training_underway(tmp_path):
 
 
 def test_garbage_on_a_live_neurons_sockets_is_dropped_and_changes_nothing(tmp_path, no_leftovers):
-    path = long_xor(tmp_path, epochs=400)
+    path = long_xor(tmp_path, epochs=1500)  # long enough to be still training when the garbage lands
     proc = start_learn(path)
     try:
         training_underway(tmp_path)
