@@ -22,7 +22,7 @@ def learn(
     ] = None,
 ) -> None:
     """Train a network: one process per neuron, plus a coordinator, under a supervisor."""
-    from exmachina.supervisor import main as run_main
+    from exmachina.launch.learn import main as run_main
 
     run_main(config, resume)
 
@@ -38,7 +38,7 @@ def view(
 ) -> None:
     """Watch a run learn in the browser: each hidden neuron's weights as a picture, the latest
     predictions, loss and accuracy curves. Live while it trains; works on a finished run too."""
-    from exmachina.viewer import main as run_viewer
+    from exmachina.tools.viewer import main as run_viewer
 
     raise typer.Exit(run_viewer(run, host, port))
 
@@ -46,7 +46,7 @@ def view(
 @app.command()
 def report(run: Annotated[str | None, typer.Argument(help=RUN_HELP, show_default=False)] = None) -> None:
     """Draw a run's weights, latest predictions and curves into PNG files in its directory."""
-    from exmachina.report import main as run_report
+    from exmachina.tools.report import main as run_report
 
     raise typer.Exit(run_report(run))
 
@@ -62,7 +62,7 @@ def _inspecting(job) -> None:  # noqa: ANN001 - a callable returning an exit cod
     import os
     import sys
 
-    from exmachina.inspection import InspectError
+    from exmachina.tools.inspection import InspectError
 
     try:
         code = job()
@@ -94,7 +94,7 @@ def logs(
     ] = False,
 ) -> None:
     """Print a run's logs (all, a layer's or one neuron's), merged in time order; --follow a live run."""
-    from exmachina.inspection import InspectError, show_logs
+    from exmachina.tools.inspection import InspectError, show_logs
 
     def job() -> int:
         if level is not None and level.lower() not in ("debug", "info", "warning"):
@@ -110,7 +110,7 @@ def inspect(
     neuron: Annotated[str, typer.Option("--neuron", "-n", help="the neuron, e.g. hidden1.3")] = ...,
 ) -> None:
     """One neuron's story: synapses, weights and how they moved, activity, errors, messages, restarts."""
-    from exmachina.inspection import inspect_neuron
+    from exmachina.tools.inspection import inspect_neuron
 
     _inspecting(lambda: inspect_neuron(run, neuron))
 
@@ -122,7 +122,7 @@ def ps(
     watch: Annotated[bool, typer.Option("--watch", "-w", help="refresh until the run ends")] = False,
 ) -> None:
     """Every process of a live run: pid, CPU, memory, messages per second, queue depth, problems."""
-    from exmachina.ps import show_processes
+    from exmachina.tools.ps import show_processes
 
     _inspecting(lambda: show_processes(run, watch=watch and not once))
 
@@ -133,7 +133,7 @@ def trace(
     sample: Annotated[int, typer.Option("--sample", "-s", help="the sample number, from 1")] = ...,
 ) -> None:
     """One sample's path, forward then backward, with the time of every hop (needs log level debug)."""
-    from exmachina.trace import show_trace
+    from exmachina.tools.trace import show_trace
 
     _inspecting(lambda: show_trace(run, sample))
 

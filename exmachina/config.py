@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
-from exmachina.activations import ACTIVATIONS, LOSSES
+from exmachina.model.activations import ACTIVATIONS, LOSSES
 
 
 class ConfigError(ValueError):

@@ -15,7 +15,9 @@ from dataclasses import replace
 import pytest
 from rich.console import Console
 
-from exmachina import bench, bench_ipc, transport, wire
+from exmachina.bench import ipc as bench_ipc
+from exmachina.bench import suite as bench
+from exmachina.network import transport, wire
 
 TINY = replace(
     bench.QUICK,

@@ -130,7 +130,7 @@ def test_errors_name_the_key_for_nested_lists():
 
 
 def test_bad_data_rows_are_reported_by_line(tmp_path):
-    from exmachina.datasets import DatasetError, load_semeion
+    from exmachina.data.datasets import DatasetError, load_semeion
 
     good = " ".join(["1.0000"] * 256 + ["1"] + ["0"] * 9)
     cases = {

@@ -14,13 +14,17 @@ import numpy as np
 import pytest
 import zmq
 
-from exmachina import checkpoints, curve, datasets, logview, parameters, topology, wire
 from exmachina.config import config_from_dict
-from exmachina.logs import close_log, open_log
-from exmachina.parameters import Parameters
-from exmachina.runs import Site
-from exmachina.supervisor import child_specs
-from exmachina.topology import COORDINATOR
+from exmachina.data import datasets
+from exmachina.launch.learn import child_specs
+from exmachina.model import parameters, topology
+from exmachina.model.parameters import Parameters
+from exmachina.model.topology import COORDINATOR
+from exmachina.network import curve, wire
+from exmachina.rundir import checkpoints
+from exmachina.rundir.directory import Site
+from exmachina.rundir.logs import close_log, open_log
+from exmachina.tools import logview
 from tests.conftest import run_learn, start_learn, wait_for, write_config
 from tests.conftest import xor_config as make
 from tests.test_equivalence import assert_same_parameters, reference_after

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from exmachina import datasets, parameters
 from exmachina.config import load_config
-from exmachina.parameters import Parameters
-from exmachina.reference import Reference
+from exmachina.data import datasets
+from exmachina.model import parameters
+from exmachina.model.parameters import Parameters
+from exmachina.model.reference import Reference
 from tests.conftest import run_learn, write_config, xor_config
 
 

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from exmachina.cli import app
 from exmachina.config import config_from_dict
-from exmachina.logs import close_log, open_log
-from exmachina.logview import Source
-from exmachina.parameters import Parameters, initial
+from exmachina.model.parameters import Parameters, initial
+from exmachina.rundir.logs import close_log, open_log
+from exmachina.tools.logview import Source
 from tests.conftest import run_learn, start_learn, wait_for, write_config, xor_config
 
 NEURONS = ["input.0", "input.1", "hidden1.0", "hidden1.1", "hidden1.2", "output.0"]

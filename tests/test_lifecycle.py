@@ -12,9 +12,9 @@ import numpy as np
 import psutil
 import zmq
 
-from exmachina import wire
-from exmachina.parameters import Parameters
-from exmachina.rehearsal import rehearse
+from exmachina.model.parameters import Parameters
+from exmachina.network import wire
+from exmachina.network.rehearsal import rehearse
 from tests.conftest import exmachina_processes, start_learn, wait_for, write_config
 from tests.conftest import xor_config as make
 from tests.test_equivalence import assert_same_parameters, reference_after

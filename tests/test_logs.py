@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from exmachina import logview
-from exmachina.logs import DEBUG, INFO, OFF, WARNING, Log, close_log, open_log
+from exmachina.rundir.logs import DEBUG, INFO, OFF, WARNING, Log, close_log, open_log
+from exmachina.tools import logview
 
 
 def _records(path):

@@ -17,8 +17,9 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exmachina import checkpoints, wire
-from exmachina.parameters import Parameters
+from exmachina.model.parameters import Parameters
+from exmachina.network import wire
+from exmachina.rundir import checkpoints
 from tests.conftest import start_learn, wait_for, write_config, xor_config
 from tests.test_equivalence import assert_same_parameters, reference_after
 

@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exmachina import datasets, report, viewer
-from exmachina.activations import LOSSES, accuracy
 from exmachina.config import load_config
-from exmachina.parameters import Parameters
-from exmachina.reference import Reference
-from exmachina.runs import RunDir, write_json
-from exmachina.viewer import make_server, picture_shape, state
+from exmachina.data import datasets
+from exmachina.model.activations import LOSSES, accuracy
+from exmachina.model.parameters import Parameters
+from exmachina.model.reference import Reference
+from exmachina.rundir.directory import RunDir, write_json
+from exmachina.tools import report, viewer
+from exmachina.tools.viewer import make_server, picture_shape, state
 from tests.conftest import SHARED_DATA, run_learn, wait_for, write_config
 
 HIDDEN, PIXELS, CLASSES = 8, 256, 10

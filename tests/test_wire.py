@@ -10,7 +10,7 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exmachina import transport, wire
+from exmachina.network import transport, wire
 
 GOOD = [
     (wire.FORWARD, 17, 3, wire.payload(np.array([0.25]))),

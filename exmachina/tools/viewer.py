@@ -31,8 +31,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from exmachina.parameters import Parameters
-from exmachina.runs import RunDir, resolve
+from exmachina.model.parameters import Parameters
+from exmachina.rundir.directory import RunDir, resolve
 
 DEFAULT_PORT = 8050
 POLL_MS = 1000

@@ -17,8 +17,8 @@ from datetime import datetime
 from rich.markup import escape
 from rich.table import Table
 
-from exmachina.inspection import InspectError, RunView, console
-from exmachina.topology import COORDINATOR
+from exmachina.model.topology import COORDINATOR
+from exmachina.tools.inspection import InspectError, RunView, console
 
 # a value is one number online, `[0.25 0.5 ...](32)` for a mini-batch (wire.show)
 _VALUE = r"(\[[^\]]*\](?:\(\d+\))?|\S+)"

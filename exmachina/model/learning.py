@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from exmachina.activations import Activation, Array
+from exmachina.model.activations import Activation, Array
 
 
 def fire(net_input: Array, bias: Array, activation: Activation) -> tuple[Array, Array]:

@@ -17,12 +17,12 @@ import tempfile
 import numpy as np
 import zmq
 
-from exmachina import transport, wire
-from exmachina.activations import ACTIVATIONS
-from exmachina.logs import OFF, Log, close_log, open_log
-from exmachina.neuron import Neuron
-from exmachina.runs import RunDir
-from exmachina.topology import NeuronSpec
+from exmachina.model.activations import ACTIVATIONS
+from exmachina.model.topology import NeuronSpec
+from exmachina.network import transport, wire
+from exmachina.network.neuron import Neuron
+from exmachina.rundir.directory import RunDir
+from exmachina.rundir.logs import OFF, Log, close_log, open_log
 
 # Enough for the interpreter to quicken and specialize every function on the path (it does so after
 # a handful of calls), in a few milliseconds.

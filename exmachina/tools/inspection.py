@@ -24,11 +24,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from exmachina import logview
 from exmachina.config import Config, ConfigError, config_from_dict
-from exmachina.parameters import Parameters, initial
-from exmachina.runs import RunDir, resolve
-from exmachina.topology import COORDINATOR, layer_ids
+from exmachina.model.parameters import Parameters, initial
+from exmachina.model.topology import COORDINATOR, layer_ids
+from exmachina.rundir.directory import RunDir, resolve
+from exmachina.tools import logview
 
 SUPERVISOR = "supervisor"
 NEURON_TITLE = "exmachina: neuron "  # + id: the process title each neuron sets (ps -ef shows it)

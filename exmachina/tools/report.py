@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from exmachina.runs import RunDir, resolve
-from exmachina.viewer import state
+from exmachina.rundir.directory import RunDir, resolve
+from exmachina.tools.viewer import state
 
 MAX_NEURONS = 64  # drawn per layer; a bigger layer shows its first 64
 MAX_PREDICTIONS = 20

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import zmq
 
-from exmachina import curve
+from exmachina.network import curve
 
 # Exact training keeps one sample in flight: a link never holds more than a few messages. The mark is
 # a safety bound against a runaway sender, far above any legitimate depth.

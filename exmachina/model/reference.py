@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exmachina.activations import ACTIVATIONS, LOSSES, accuracy
-from exmachina.datasets import Dataset, epoch_order
-from exmachina.learning import axon_gradient, bias_gradient, descend, error, fire
-from exmachina.parameters import Parameters
+from exmachina.data.datasets import Dataset, epoch_order
+from exmachina.model.activations import ACTIVATIONS, LOSSES, accuracy
+from exmachina.model.learning import axon_gradient, bias_gradient, descend, error, fire
+from exmachina.model.parameters import Parameters
 
 
 @dataclass

@@ -23,11 +23,11 @@ import tempfile
 import threading
 from pathlib import Path
 
-from exmachina import curve
 from exmachina.config import Config
-from exmachina.logs import Log
-from exmachina.runs import RunDir, Site
-from exmachina.topology import NeuronSpec
+from exmachina.model.topology import NeuronSpec
+from exmachina.network import curve
+from exmachina.rundir.directory import RunDir, Site
+from exmachina.rundir.logs import Log
 
 # A neuron asks for this much of its node's label: a node declaring {"a": 1} holds 10,000 neurons.
 LABEL_SHARE = 0.0001
@@ -103,7 +103,7 @@ class NeuronActor:
         self.process = None
 
     def serve(self) -> str:
-        from exmachina.neuron import serve
+        from exmachina.network.neuron import serve
 
         serve(self.spec, self.site, self.keys, started=self._started)
         return self.spec.id

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from exmachina.config import Config
-from exmachina.parameters import Parameters
+from exmachina.model.parameters import Parameters
 
 COORDINATOR = "coordinator"
 

@@ -16,7 +16,8 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from exmachina.inspection import (
+from exmachina.model.topology import COORDINATOR
+from exmachina.tools.inspection import (
     COORDINATOR_TITLE,
     SUPERVISOR,
     SUPERVISOR_TITLE,
@@ -25,7 +26,6 @@ from exmachina.inspection import (
     console,
     title_of,
 )
-from exmachina.topology import COORDINATOR
 
 EXIT_NOTHING_LIVE = 1
 

@@ -22,15 +22,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from exmachina import checkpoints, curve, transport, wire
-from exmachina.activations import LOSSES, accuracy, predictions
 from exmachina.config import Config
-from exmachina.datasets import Dataset, epoch_order
-from exmachina.logs import DEBUG, Log, close_log, open_log
-from exmachina.parameters import Parameters, of_config
-from exmachina.progress import Progress
-from exmachina.runs import RunDir, Site, write_json
-from exmachina.topology import COORDINATOR, INBOX, layer_ids
+from exmachina.data.datasets import Dataset, epoch_order
+from exmachina.model.activations import LOSSES, accuracy, predictions
+from exmachina.model.parameters import Parameters, of_config
+from exmachina.model.topology import COORDINATOR, INBOX, layer_ids
+from exmachina.network import curve, transport, wire
+from exmachina.network.progress import Progress
+from exmachina.rundir import checkpoints
+from exmachina.rundir.directory import RunDir, Site, write_json
+from exmachina.rundir.logs import DEBUG, Log, close_log, open_log
 
 RECENT = 200  # the original's progress figure: share correct of the last 200 training predictions
 SHOWN_PREDICTIONS = 20  # kept in predictions.json for the viewer

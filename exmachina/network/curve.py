@@ -24,7 +24,7 @@ import zmq
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
-from exmachina.logs import Log
+from exmachina.rundir.logs import Log
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks, fixed by RFC 27
 ZAP_DOMAIN = b"exmachina"

@@ -18,12 +18,13 @@ from collections.abc import Callable
 import numpy as np
 import zmq
 
-from exmachina import checkpoints, curve, transport, wire
-from exmachina.activations import ACTIVATIONS
-from exmachina.learning import axon_gradient, bias_gradient, descend, error, fire
-from exmachina.logs import DEBUG, Log, close_log, open_log
-from exmachina.runs import RunDir, Site
-from exmachina.topology import COORDINATOR, INBOX, NeuronSpec, socket_name
+from exmachina.model.activations import ACTIVATIONS
+from exmachina.model.learning import axon_gradient, bias_gradient, descend, error, fire
+from exmachina.model.topology import COORDINATOR, INBOX, NeuronSpec, socket_name
+from exmachina.network import curve, transport, wire
+from exmachina.rundir import checkpoints
+from exmachina.rundir.directory import RunDir, Site
+from exmachina.rundir.logs import DEBUG, Log, close_log, open_log
 
 # Recently dropped samples: their stragglers (still in flight when DROP came) are discarded.
 REMEMBER_DROPPED = 64

@@ -39,11 +39,13 @@ import zmq
 from rich.console import Console
 from rich.table import Table
 
-from exmachina import bench_ipc, datasets, parameters
+from exmachina.bench import ipc as bench_ipc
 from exmachina.config import config_from_dict
-from exmachina.reference import Reference
+from exmachina.data import datasets
+from exmachina.model import parameters
+from exmachina.model.reference import Reference
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SEMEION = REPO.parent / "shared" / "data" / "semeion.data"
 DEFAULT_OUT = Path("bench") / "results.json"
 NEURON_TITLE = "exmachina: neuron "
@@ -127,7 +129,7 @@ FULL = Profile(
 
 
 def _start_worker(name: str, *args: Any) -> subprocess.Popen:
-    code = "import sys; from exmachina.bench_ipc import main; main(sys.argv[1], sys.argv[2])"
+    code = "import sys; from exmachina.bench.ipc import main; main(sys.argv[1], sys.argv[2])"
     return subprocess.Popen(
         [sys.executable, "-c", code, name, json.dumps(args)],
         stdin=subprocess.PIPE,  # the sender holds its connection open until this closes
@@ -1101,7 +1103,3 @@ def main(argv: list[str] | None = None) -> int:
     render(results, console)
     console.print(f"results: {args.out}")
     return 1 if _failures(results) or results["socket_files_left"] else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

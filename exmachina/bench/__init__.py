@@ -1,0 +1,1 @@
+"""`python -m exmachina.bench`: how fast the process network is, and against what."""

@@ -1,0 +1,5 @@
+import sys
+
+from exmachina.bench.suite import main
+
+sys.exit(main())

@@ -1,0 +1,2 @@
+"""The process network, the hot path: the neuron and the coordinator processes, the wire format
+between them, and their ZeroMQ sockets (ipc or tcp, with CURVE)."""
