@@ -28,11 +28,11 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait
-from typing import Any
+from typing import Any, cast
 
 import setproctitle
 
-from .process import ChildProcess
+from .process import ChildProcess, Starter
 from .spec import ChildSpec, Restart
 from .zygote import Zygote
 
@@ -129,7 +129,8 @@ class Supervisor:
             else multiprocessing.get_context(context)
         )
         self._on_event = on_event
-        self._children = {spec.id: ChildProcess(spec, self._ctx) for spec in specs}
+        starter = cast(Starter, self._ctx)  # every context has a Process(); the stubs leave it out
+        self._children = {spec.id: ChildProcess(spec, starter) for spec in specs}
 
         self._lock = threading.RLock()
         self._state = "new"  # new -> running -> stopping -> stopped (-> running again via start())

@@ -75,7 +75,7 @@ def _end_self(grace: float) -> None:
     # Signal the main thread itself, not the process: a process-directed signal may be delivered to
     # this thread, which would leave the main thread blocked in a system call and the handler unrun.
     try:
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
     except (OSError, TypeError):
         os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(grace)

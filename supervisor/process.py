@@ -12,8 +12,8 @@ import os
 import signal
 import sys
 import traceback
-from multiprocessing.context import BaseContext
-from multiprocessing.process import BaseProcess
+from collections.abc import Callable
+from typing import Any, Protocol
 
 # Imported here, not in the child: the zygote preloads this module, so every child shares the
 # import instead of making its own (0.1-0.3 MB of unique memory per child, measured on XOR).
@@ -22,6 +22,31 @@ import setproctitle
 from .lifeline import watch_parent
 from .spec import ChildSpec
 from .zygote import Zygote
+
+
+class OsProcess(Protocol):
+    """What the supervisor needs of one started process: a `multiprocessing.Process` or a
+    `ZygoteProcess`, which has the same shape."""
+
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def sentinel(self) -> Any: ...
+    @property
+    def exitcode(self) -> int | None: ...
+    def start(self) -> None: ...
+    def is_alive(self) -> bool: ...
+    def join(self, timeout: float | None = None) -> None: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+
+
+class Starter(Protocol):
+    """Where processes come from: a multiprocessing context or a `Zygote`."""
+
+    def Process(  # noqa: N802  (multiprocessing's name)
+        self, target: Callable[..., Any], args: tuple, name: str, daemon: bool
+    ) -> OsProcess: ...
 
 
 def _bootstrap(spec: ChildSpec, supervisor_pid: int | None) -> None:
@@ -62,10 +87,10 @@ def _exit_code(code: object) -> int:
 class ChildProcess:
     """The current OS process of one child, plus how often it has been restarted."""
 
-    def __init__(self, spec: ChildSpec, ctx: BaseContext | Zygote) -> None:
+    def __init__(self, spec: ChildSpec, ctx: Starter) -> None:
         self.spec = spec
         self._ctx = ctx
-        self._proc: BaseProcess | None = None
+        self._proc: OsProcess | None = None
         self.restarts = 0
 
     @property
@@ -73,7 +98,7 @@ class ChildProcess:
         return self.spec.id
 
     @property
-    def process(self) -> BaseProcess | None:
+    def process(self) -> OsProcess | None:
         """The underlying `multiprocessing` process of the latest start (None before the first)."""
         return self._proc
 
@@ -114,10 +139,11 @@ class ChildProcess:
         # multiprocessing remembers every started process in a module-level set and polls each one
         # (a fresh selector per child) at every later start: quadratic, seconds of the supervisor's
         # CPU for a thousand children. The supervisor reaps its own children through their sentinels.
-        multiprocessing.process._children.discard(proc)
+        multiprocessing.process._children.discard(proc)  # type: ignore[attr-defined]
         if self._proc is not None:
             self.restarts += 1
         self._proc = proc
+        assert proc.pid is not None  # a started process has one
         return proc.pid
 
     def terminate(self, timeout: float) -> int | None:

@@ -22,6 +22,7 @@ import socket
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 from exmachina.config import Config
 from exmachina.model.topology import NeuronSpec
@@ -149,7 +150,7 @@ class RayNeurons:
 
     def __init__(self, config: Config, site: Site, specs: list[NeuronSpec], log: Log) -> None:
         self.config, self.site, self.specs, self.log = config, site, specs, log
-        self.actors: dict[str, object] = {}
+        self.actors: dict[str, Any] = {}  # Ray actor handles
         self.serving: dict[object, str] = {}  # serve() reference -> neuron id
         self.failed: list[str] = []
         self._watcher: threading.Thread | None = None
@@ -160,7 +161,7 @@ class RayNeurons:
         p, names = self.config.placement, [layer.name for layer in self.config.network.layers]
         for k, spec in enumerate(self.specs):
             node = p.node_of(spec.id, names[spec.layer], k)
-            options = {
+            options: dict[str, Any] = {
                 "num_cpus": 0,
                 "max_restarts": p.max_restarts,
                 "max_task_retries": -1,  # serve() is retried on the restarted actor
@@ -191,7 +192,7 @@ class RayNeurons:
                     self.log.error("neuron %s lost for good (%s)", nid, type(exc).__name__)
                     on_failure(nid)
 
-    def _ask_all(self, method: str, timeout: float) -> dict[str, object]:
+    def _ask_all(self, method: str, timeout: float) -> dict[str, Any]:
         """Call one method on every actor still in the run, all at once; the answers that came
         within `timeout`, by neuron (an actor that never started holds up no other)."""
         ray = ray_module()

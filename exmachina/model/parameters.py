@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,16 +41,15 @@ class Parameters:
         """Atomic: a reader (the viewer, a resume) sees the old file or the new one, never half."""
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp")
-        arrays = {f"axon_{i}": a for i, a in enumerate(self.axons)}
+        arrays: dict[str, Any] = {f"axon_{i}": a for i, a in enumerate(self.axons)}
         arrays |= {f"bias_{i}": b for i, b in enumerate(self.biases)}
+        arrays |= {
+            "activations": np.array(self.activations),
+            "learn_bias": np.array(self.learn_bias),
+            "names": np.array(self.names),
+        }
         with open(tmp, "wb") as fh:
-            np.savez(
-                fh,
-                activations=np.array(self.activations),
-                learn_bias=np.array(self.learn_bias),
-                names=np.array(self.names),
-                **arrays,
-            )
+            np.savez(fh, **arrays)
         os.replace(tmp, path)
 
     @classmethod

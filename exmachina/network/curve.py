@@ -36,7 +36,7 @@ GATEKEEPER_SOCKETS = 3  # its ZAP socket and the two ends of the inbox's monitor
 # What the gatekeeper hears from the inbox's monitor: handshakes that failed before ZAP was asked
 # (a plain or PLAIN peer, a CURVE peer with the wrong server key). ZAP refusals it logs itself.
 _WATCHED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-_WHY = {
+_WHY: dict[int, str] = {
     zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: "not a CURVE client",
     zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: "CURVE handshake does not decrypt (wrong server key?)",
 }
@@ -125,7 +125,7 @@ class Gatekeeper:
 
     def stop(self) -> None:
         """End the thread (before the context goes): stopping the monitor is its cue."""
-        if self._thread.is_alive():
+        if self._thread.is_alive() and self._watched is not None:
             self._watched.disable_monitor()
             self._thread.join(timeout=2.0)
         elif self._thread.ident is None:  # never started: its sockets are still the caller's
@@ -136,21 +136,23 @@ class Gatekeeper:
             self.log.info("refused %d connection attempts in all", self.refused)
 
     def _run(self) -> None:
+        monitor = self._monitor
+        assert monitor is not None  # start() sets it before the thread runs
         poller = zmq.Poller()
         poller.register(self.zap, zmq.POLLIN)
-        poller.register(self._monitor, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         try:
             while True:
                 for sock, _ in poller.poll():
                     if sock is self.zap:
                         self._answer(self.zap.recv_multipart())
-                    elif not self._on_event(parse_monitor_message(self._monitor.recv_multipart())):
+                    elif not self._on_event(parse_monitor_message(monitor.recv_multipart())):
                         return
         except zmq.ZMQError:  # the context went first (a crash): nothing left to guard
             pass
         finally:
             self.zap.close(linger=0)
-            self._monitor.close(linger=0)
+            monitor.close(linger=0)
 
     def _answer(self, request: list[bytes]) -> None:
         """One ZAP request: 200 for an admitted CURVE key, 400 for anything else."""
@@ -175,7 +177,7 @@ class Gatekeeper:
         where = address.decode(errors="replace") or "a local (ipc) peer"
         self._refuse((address, key), f"from {where}, CURVE key {shown}: {why}")
 
-    def _on_event(self, event: dict) -> bool:
+    def _on_event(self, event: Mapping) -> bool:
         """A failed handshake from the monitor; False once the monitor is stopped."""
         kind, value = event["event"], int(event["value"])
         if kind == zmq.EVENT_MONITOR_STOPPED:

@@ -110,6 +110,8 @@ def push(
     sock.setsockopt(zmq.LINGER, linger_ms)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, reconnect_max_ms)
     if keys is not None:
+        if server_key is None:
+            raise ValueError(f"{endpoint}: a CURVE client needs the server's public key")
         curve.client(sock, keys, server_key)
     sock.connect(endpoint)
     return sock
@@ -131,7 +133,7 @@ def release(endpoints: list[str]) -> None:
 
 def drain(sock: zmq.Socket, limit: int = 10_000) -> list[bytes]:
     """Every frame ready now (up to `limit`), so one wakeup serves many messages."""
-    frames = []
+    frames: list[bytes] = []
     try:
         while len(frames) < limit:
             frames.append(sock.recv(zmq.NOBLOCK, copy=True))

@@ -93,6 +93,7 @@ class Log:
                     print(f"exmachina: cannot write log {self.path}: {exc}", file=sys.stderr)
 
     def _open(self) -> None:
+        assert self.path is not None  # a log without a path is OFF and never opens
         self._fd = os.open(self.path, _APPEND, 0o644)
         self._size = os.fstat(self._fd).st_size
 
