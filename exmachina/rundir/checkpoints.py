@@ -8,12 +8,16 @@ aside and renamed into place, so a file with a final name is always whole (a `.t
 No fsync: the rename guards against a killed process, the failure this design expects; a power cut
 may lose the newest files, and a resume then takes an older cut. Each process keeps its last KEEP
 files; the newest count that every process has is a consistent cut, from which a run resumes.
+
+A file is `[crc32, body]` in msgpack, `body` being the packed state: a flipped bit anywhere is
+refused as damaged instead of loading as a wrong (say NaN) weight.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -45,8 +49,9 @@ def save(
     folder.mkdir(exist_ok=True)
     path = folder / f"{owner}.{count:012d}.ckpt"
     tmp = folder / f".{path.name}.{os.getpid()}.tmp"
+    body = msgpack.packb({"owner": owner, "count": count, **state}, use_bin_type=True)
     with open(tmp, "wb") as fh:
-        fh.write(msgpack.packb({"owner": owner, "count": count, **state}, use_bin_type=True))
+        fh.write(msgpack.packb([zlib.crc32(body), body], use_bin_type=True))
     os.replace(tmp, path)
     if kept is None:
         kept = counts(run_dir, owner)
@@ -75,7 +80,12 @@ def counts(run_dir: str | Path, owner: str) -> list[int]:
 def load(run_dir: str | Path, owner: str, count: int) -> dict[str, Any]:
     path = directory(run_dir) / f"{owner}.{count:012d}.ckpt"
     try:
-        state = msgpack.unpackb(path.read_bytes(), raw=False)
+        crc, body = msgpack.unpackb(path.read_bytes(), raw=False)
+        if crc != zlib.crc32(body):
+            raise CheckpointError(f"{path}: damaged checkpoint (checksum mismatch)")
+        state = msgpack.unpackb(body, raw=False)
+    except CheckpointError:
+        raise
     except Exception as exc:  # any decoding failure means the file cannot be trusted
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("owner") != owner or state.get("count") != count:
