@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 import exmachina
-from exmachina.config import Config
+from exmachina.config import Config, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -121,7 +121,8 @@ def test_every_config_key_is_documented_with_its_default():
     keys = config_keys()
     missing = [key for key in keys if key not in rows]
     assert not missing, f"docs/configuration.md lacks a row for: {', '.join(missing)}"
-    wrong = {key: (rows[key], documented_default(f)) for key, f in keys.items() if rows[key] != documented_default(f)}
+    expected = {key: documented_default(f) for key, f in keys.items()}
+    wrong = {key: (rows[key], default) for key, default in expected.items() if rows[key] != default}
     assert not wrong, f"docs/configuration.md: default (documented, in the code): {wrong}"
     unknown = [key for key in rows if key not in keys]
     assert not unknown, f"docs/configuration.md documents keys the config does not have: {unknown}"
@@ -221,3 +222,13 @@ def test_every_command_shown_exists():
         shown = shown_subcommands(path.read_text())
         assert shown <= listed, f"{path.name} shows commands exmachina --help does not list: {shown - listed}"
     assert {"logs", "inspect", "ps", "trace", "view", "report"} <= shown_subcommands(README.read_text())
+
+
+@pytest.mark.unit
+def test_every_config_the_docs_name_loads():
+    named = set()
+    for path in markdown_files():
+        named |= set(re.findall(r"\bconfigs/[a-z0-9_-]+\.yaml\b", path.read_text()))
+    assert "configs/xor.yaml" in named
+    for name in sorted(named):
+        load_config(REPO / name)  # raises ConfigError with the file and key at fault
