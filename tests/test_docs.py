@@ -188,7 +188,7 @@ def test_every_relative_link_points_at_a_file():
     for path in files:
         for target in LINK.findall(path.read_text()):
             if re.fullmatch(r"https?://(www\.)?(github\.com|gitlab\.com|bitbucket\.org)/?", target):
-                pytest.fail(f"{path.relative_to(REPO)}: a link to a bare code host is a placeholder: {target}")
+                pytest.fail(f"{path.relative_to(REPO)}: placeholder link to a bare code host: {target}")
             if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
                 continue  # a URL, or an anchor in the same page
             where = (path.parent / target.split("#")[0]).resolve()
