@@ -204,9 +204,9 @@ def decode(frame: bytes) -> Message:
         and type(message[1]) is int
         and type(message[2]) is int
         and type(message[3]) is bytes
-        and message[0] in _SYNAPSE_RECORDS
+        and (record := _SYNAPSE_RECORDS.get(message[0])) is not None
     ):
-        return _new(_SYNAPSE_RECORDS[message[0]], message)
+        return _new(record, message)
     return _new(_checked(message), message)
 
 
