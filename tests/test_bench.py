@@ -53,7 +53,7 @@ def test_transport_ceiling_and_round_trip(no_leftovers):
     assert ceiling["messages"] == 3_000 and ceiling["seconds"] > 0
     assert math.isclose(ceiling["messages_per_s"], 3_000 / ceiling["seconds"])
     assert ceiling["message_bytes"] == len(bench_ipc.synapse_message(0)) < 32
-    assert wire.decode(bench_ipc.synapse_message(7)) == [wire.FORWARD, 7, 0, bytes(8)]
+    assert wire.decode(bench_ipc.synapse_message(7)) == wire.Activity(wire.FORWARD, 7, 0, bytes(8))
     assert bench_ipc.HIGH_WATER_MARK == transport.HIGH_WATER_MARK
     assert (bench_ipc.FORWARD, bench_ipc.BACKWARD, bench_ipc.STOP) == (wire.FORWARD, wire.BACKWARD, wire.STOP)
     latency = bench.ipc_latency(200, no_leftovers, timeout=30)

@@ -68,11 +68,6 @@ class Reference:
                 axon, downstream = self.p.axons[layer - 1], delta
         return self.loss.value(output, y.T), output.T
 
-    def train_sample(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-        """One online SGD step; returns (loss, output)."""
-        losses, outputs = self.train_batch(x[None, :], y[None, :])
-        return float(losses[0]), outputs[0]
-
     def train_epoch(
         self, data: Dataset, epoch: int, seed: int, shuffle: bool = True, batch_size: int = 1
     ) -> EpochResult:

@@ -13,6 +13,7 @@ and replays that sample under a new id. The updates the neuron made since its ch
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import signal
 import time
@@ -39,6 +40,7 @@ STOP_GRACE_S = 0.5  # on SIGTERM: for the sample in flight, then for the final c
 # orphaned coordinator gets 2 s in all from SIGTERM to SIGKILL: supervisor.lifeline.ORPHAN_GRACE_S)
 MAX_REPLAYS = 3  # a sample that stalls this many times running ends the run
 EVAL_BATCH = 64  # rows per message when only evaluating
+SYNAPSE = (wire.Activity, wire.Error)
 
 
 class Stalled(RuntimeError):
@@ -46,11 +48,18 @@ class Stalled(RuntimeError):
 
 
 class Stopped(Exception):
-    """SIGTERM arrived and the sample in flight could not finish in time."""
+    """SIGTERM arrived and the wait in hand outlived STOP_GRACE_S: what it waited for is abandoned."""
 
 
-class Restarted(Exception):
-    """A neuron said HELLO again: it was restarted and must be wired back in."""
+@dataclass(frozen=True, slots=True)
+class Restart:
+    """A known neuron said HELLO again: its supervisor restarted it, and it must be wired back in.
+    Not a wire message: what the receive path makes of a second HELLO, for the wait to handle."""
+
+    neuron: str
+
+
+Received = wire.Message | Restart
 
 
 @dataclass
@@ -76,25 +85,28 @@ class Flight:
     errors_sent: bool = False
     back: set = field(default_factory=set)  # input neurons whose error came back
 
-    def take(self, message: list, outputs: int, inputs: int) -> bool:
+    def take(self, message: wire.Activity | wire.Error, outputs: int, inputs: int) -> bool:
         """Take one synapse message addressed to this batch; False if it is not one of ours."""
-        kind, _, sender, data = message
-        batch = len(self.rows)
-        if kind == self.kind and self.output is None and 0 <= sender < outputs and sender not in self.seen:
-            values = wire.values(data)
-            if len(values) != batch:
-                return False
-            if self.outputs is None:
-                self.outputs = np.zeros((outputs, batch))
-            self.outputs[sender] = values
-            self.seen.add(sender)
-            if len(self.seen) == outputs:
-                self.output = self.outputs
-            return True
-        if kind == wire.BACKWARD and self.errors_sent and 0 <= sender < inputs and sender not in self.back:
-            self.back.add(sender)
-            return True
-        return False
+        sender = message.sender
+        if type(message) is wire.Error:
+            if self.errors_sent and 0 <= sender < inputs and sender not in self.back:
+                self.back.add(sender)
+                return True
+            return False
+        if message.kind != self.kind or self.output is not None or not 0 <= sender < outputs:
+            return False
+        if sender in self.seen:
+            return False
+        values = wire.values(message.payload)
+        if len(values) != len(self.rows):
+            return False
+        if self.outputs is None:
+            self.outputs = np.zeros((outputs, len(self.rows)))
+        self.outputs[sender] = values
+        self.seen.add(sender)
+        if len(self.seen) == outputs:
+            self.output = self.outputs
+        return True
 
     def done(self, inputs: int) -> bool:
         """Forward-only: once the outputs are in. Learning: once every input neuron's error is back."""
@@ -120,8 +132,8 @@ class Position:
     best: list | None = None  # [held-out accuracy, epoch] of the best epoch so far
 
     def state(self) -> dict:
-        """For a checkpoint, which is written at once: a shallow copy (dataclasses.asdict deep-copies
-        every element of the lists: a tenth of the coordinator's time on XOR, measured)."""
+        """For a checkpoint, which is written at once: a shallow copy (dataclasses.asdict would
+        deep-copy every element of the lists, on every checkpoint)."""
         return dict(vars(self))
 
 
@@ -159,7 +171,7 @@ class Coordinator:
         self.position = Position()
         self.kept = checkpoints.counts(site.run_dir, COORDINATOR)  # kept current by save(), not listed again
         self.stop_requested_at: float | None = None
-        self.backlog: collections.deque[list] = collections.deque()
+        self.backlog: collections.deque[wire.Message] = collections.deque()
         self.restarted: list[str] = []
         self.abandoned: collections.deque[int] = collections.deque(maxlen=64)
         self.dropped = 0
@@ -174,63 +186,46 @@ class Coordinator:
 
     # -- messages -------------------------------------------------------------------------------
 
-    def _receive(self, deadline: float) -> list:
-        """The next well-formed message; raises Stalled past the deadline, Stopped when a stop has
-        waited longer than STOP_GRACE_S, Restarted when a known neuron says HELLO again."""
+    def _receive(self, deadline: float) -> Received:
+        """The next well-formed message, or a Restart when a known neuron says HELLO again: every wait
+        of the coordinator goes through here. Raises Stalled past the deadline, and Stopped once a stop
+        has waited longer than STOP_GRACE_S."""
         while True:
             if (
                 self.stop_requested_at is not None
                 and time.monotonic() - self.stop_requested_at > STOP_GRACE_S
             ):
                 raise Stopped
-            while self.backlog:
+            if self.backlog:
                 message = self.backlog.popleft()
-                if message[0] == wire.HELLO and message[2] in self.peers:
+                if type(message) is wire.Hello and message.neuron in self.peers:
                     self._note_restart(message)
-                    raise Restarted(message[2])
+                    return Restart(message.neuron)
                 return message
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise Stalled(f"no message for {self.config.training.stall_timeout:.0f} s")
-            if not self.inbox.poll(min(remaining, 0.25) * 1000):
-                continue
-            for frame in transport.drain(self.inbox):
-                try:
-                    self.backlog.append(wire.decode(frame))
-                except wire.WireError as exc:
-                    self.dropped += 1
-                    self.log.warning("dropped message (%s): %r", exc, frame[:64])
+            if self.inbox.poll(min(remaining, 0.25) * 1000):
+                self._read_inbox()
 
-    def _gather(self, kind: int, sample: int, count: int) -> np.ndarray:
-        """Wait for `count` synapse messages of one kind and sample; returns values by sender."""
-        values, seen = np.zeros(count), np.zeros(count, dtype=bool)
-        timeout = self.config.training.stall_timeout
-        deadline = time.monotonic() + timeout
-        while not seen.all():
-            message = self._receive(deadline)
-            if (
-                message[0] == kind
-                and message[1] == sample
-                and 0 <= message[2] < count
-                and not seen[message[2]]
-            ):
-                values[message[2]] = message[3]
-                seen[message[2]] = True
-                deadline = time.monotonic() + timeout
-            else:
-                self._aside(message)
-        return values
+    def _read_inbox(self) -> None:
+        """Decode every frame queued on the inbox into the backlog; drop, count and log malformed ones."""
+        for frame in transport.drain(self.inbox):
+            try:
+                self.backlog.append(wire.decode(frame))
+            except wire.WireError as exc:
+                self.dropped += 1
+                self.log.warning("dropped message (%s): %r", exc, frame[:64])
 
-    def _aside(self, message: list) -> None:
+    def _aside(self, message: wire.Message) -> None:
         """A message that is not the one being waited for."""
-        kind = message[0]
-        if kind == wire.STATS:
-            self.stats[message[1]] = message[2]
+        if type(message) is wire.Stats:
+            self.stats[message.neuron] = message.stats
             now = time.monotonic()
             if now >= self.stats_due:
                 self.stats_due = now + self.site.stats_interval
                 self.write_stats()
-        elif kind in wire.SYNAPSE_KINDS and message[1] in self.abandoned:
+        elif isinstance(message, SYNAPSE) and message.sample in self.abandoned:
             pass  # a straggler of a dropped sample
         else:
             self.log.warning("unexpected %s", wire.describe(message))
@@ -255,18 +250,20 @@ class Coordinator:
         deadline = started + self.config.startup_timeout
         while len(self.peers) < len(self.all_ids):
             message = self._receive(deadline)
-            if message[0] != wire.HELLO:
+            if type(message) is wire.Hello:
+                self._greet(message)
+            elif type(message) is not Restart:  # a restart before wiring: its HELLO is noted, no more
                 self._aside(message)
-                continue
-            _, version, nid, pid, endpoints, updates = message
-            if version != wire.VERSION or nid not in self.layer_of:
-                self.log.warning("ignored hello from %s (protocol %s)", nid, version)
-                continue
-            self.peers[nid] = Peer(nid, pid, endpoints, updates)
-        for nid in self.all_ids:
-            self._link(nid)
+        self.restarted.clear()  # every neuron is wired next, from its latest HELLO
         self._wire(self.all_ids, deadline)
         self.log.info("%d neurons wired and ready in %.3f s", len(self.all_ids), time.monotonic() - started)
+
+    def _greet(self, hello: wire.Hello) -> None:
+        """A first HELLO: the neuron becomes a peer, if it is one of this network's."""
+        if hello.version != wire.VERSION or hello.neuron not in self.layer_of:
+            self.log.warning("ignored hello from %s (protocol %s)", hello.neuron, hello.version)
+            return
+        self.peers[hello.neuron] = Peer(hello.neuron, hello.pid, hello.endpoints, hello.updates)
 
     def _link(self, nid: str) -> None:
         """(Re)connect the coordinator's own links to one neuron: control, and sensor or error link."""
@@ -288,26 +285,37 @@ class Coordinator:
         return transport.push(self.ctx, endpoint, linger_ms, self.keys, self.site.public_keys[nid])
 
     def _wire(self, ids: list[str], deadline: float) -> None:
-        """Tell neurons where their synapses lead, and wait until each is READY."""
-        for nid in ids:
-            layer, last = self.layer_of[nid], len(self.layers) - 1
-            me = [self.site.coordinator]
-            downstream = (
-                me if layer == last else [self.peers[n].endpoints[INBOX] for n in self.layers[layer + 1]]
-            )
-            upstream = me if layer == 0 else [self.peers[n].endpoints[INBOX] for n in self.layers[layer - 1]]
-            message = [wire.VERSION, downstream, upstream, self.position.updates]
-            self.peers[nid].control.send(wire.encode(wire.WIRE, *message))
-        waiting = set(ids)
+        """(Re)link neurons, tell them where their synapses lead, and wait until each is READY; a
+        neuron restarted meanwhile (and its neighbours, when its endpoints moved) is wired too."""
+        waiting: set[str] = set()
+        self._send_wiring(ids, waiting)
         while waiting:
             message = self._receive(deadline)
-            if message[0] == wire.READY:
-                waiting.discard(message[1])
+            if type(message) is Restart:
+                ids, self.restarted = list(dict.fromkeys(self.restarted)), []
+                self._send_wiring(ids, waiting)
+            elif type(message) is wire.Ready:
+                waiting.discard(message.neuron)
             else:
                 self._aside(message)
 
-    def _note_restart(self, hello: list) -> None:
-        _, _, nid, pid, endpoints, updates = hello
+    def _send_wiring(self, ids: list[str], waiting: set[str]) -> None:
+        last = len(self.layers) - 1
+        me = [self.site.coordinator]
+        for nid in ids:
+            self._link(nid)
+            layer = self.layer_of[nid]
+            downstream = me if layer == last else self._endpoints(layer + 1)
+            upstream = me if layer == 0 else self._endpoints(layer - 1)
+            message = [wire.VERSION, downstream, upstream, self.position.updates]
+            self.peers[nid].control.send(wire.encode(wire.WIRE, *message))
+            waiting.add(nid)
+
+    def _endpoints(self, layer: int) -> list[str]:
+        return [self.peers[n].endpoints[INBOX] for n in self.layers[layer]]
+
+    def _note_restart(self, hello: wire.Hello) -> None:
+        nid, pid, endpoints, updates = hello.neuron, hello.pid, hello.endpoints, hello.updates
         peer = self.peers[nid]
         moved = endpoints != peer.endpoints
         peer.pid, peer.endpoints, peer.updates = pid, endpoints, updates
@@ -343,15 +351,8 @@ class Coordinator:
     def recover(self, dropped: list[int]) -> None:
         """Wire restarted neurons back in and have every neuron drop the samples in flight."""
         started = time.monotonic()
-        deadline = started + self.config.startup_timeout
-        while self.restarted:
-            ids, self.restarted = list(dict.fromkeys(self.restarted)), []
-            try:
-                for nid in ids:
-                    self._link(nid)
-                self._wire(ids, deadline)
-            except Restarted:
-                self.restarted = ids + self.restarted  # another one came back meanwhile: wire all
+        ids, self.restarted = list(dict.fromkeys(self.restarted)), []
+        self._wire(ids, started + self.config.startup_timeout)
         self.abandoned.extend(dropped)
         for sample in dropped:
             for peer in self.peers.values():
@@ -384,49 +385,58 @@ class Coordinator:
         everywhere and sent again under new ids."""
         waiting = iter(batches)
         flights: dict[int, Flight] = {}
-        exhausted, stalls = False, 0
+        stalls = 0
         timeout = self.config.training.stall_timeout
         deadline = time.monotonic() + timeout
         while True:
-            while not exhausted and len(flights) < in_flight:
-                flight = next(waiting, None)
-                if flight is None:
-                    exhausted = True
-                else:
-                    flights[self._launch(flight)] = flight
+            for flight in itertools.islice(waiting, in_flight - len(flights)):
+                flights[self._launch(flight)] = flight
             if not flights:
                 return
             try:
                 message = self._receive(deadline)
-            except (Restarted, Stalled) as exc:
-                if isinstance(exc, Stalled):
-                    stalls += 1
-                    if stalls >= MAX_REPLAYS:
-                        raise
-                    self.log.warning("samples %s stalled (%s): dropping and replaying", list(flights), exc)
-                self.recover(list(flights))
-                fresh = [flight.restart() for flight in flights.values()]
-                flights = {self._launch(flight): flight for flight in fresh}
+            except Stalled as exc:
+                stalls += 1
+                if stalls >= MAX_REPLAYS:
+                    raise
+                self.log.warning("samples %s stalled (%s): dropping and replaying", list(flights), exc)
+                message = None  # replayed as after a restart
+            if message is None or type(message) is Restart:
+                flights = self._replay(flights)
                 deadline = time.monotonic() + timeout
                 continue
-            flight = flights.get(message[1]) if message[0] in wire.SYNAPSE_KINDS else None
-            if flight is None or not flight.take(message, len(self.outputs), len(self.inputs)):
-                self._aside(message)
+            flight = self._take(flights, message)
+            if flight is None:
                 continue
             deadline = time.monotonic() + timeout
-            debug = self.log.isEnabledFor(DEBUG)
-            if debug:
-                self._debug_hop("recv", message[0], message[1], f"sender={message[2]}", message[3])
-            if flight.kind == wire.FORWARD and flight.output is not None and flight.errors_sent is False:
-                gradient = self.loss.grad(flight.output, flight.y.T)
-                for nid, row in zip(self.outputs, gradient):
-                    if debug:
-                        self._debug_hop("send", wire.BACKWARD, message[1], f"to={nid}", row)
-                    self.error_links[nid].send(wire.encode(wire.BACKWARD, message[1], 0, wire.payload(row)))
-                flight.errors_sent = True
             if flight.done(len(self.inputs)):
-                del flights[message[1]]
+                del flights[message.sample]
                 yield flight
+
+    def _replay(self, flights: dict[int, Flight]) -> dict[int, Flight]:
+        """Drop the batches in flight everywhere (wiring restarted neurons back in), send them again."""
+        self.recover(list(flights))
+        fresh = [flight.restart() for flight in flights.values()]
+        return {self._launch(flight): flight for flight in fresh}
+
+    def _take(self, flights: dict[int, Flight], message: wire.Message) -> Flight | None:
+        """The flight a message moved on (its output errors sent once its outputs are in), else None:
+        the message was not for any, and is put aside."""
+        flight = flights.get(message.sample) if isinstance(message, SYNAPSE) else None
+        if flight is None or not flight.take(message, len(self.outputs), len(self.inputs)):
+            self._aside(message)
+            return None
+        debug = self.log.isEnabledFor(DEBUG)
+        if debug:
+            self._debug_hop("recv", message.kind, message.sample, f"sender={message.sender}", message.payload)
+        if flight.kind == wire.FORWARD and flight.output is not None and flight.errors_sent is False:
+            gradient = self.loss.grad(flight.output, flight.y.T)
+            for nid, row in zip(self.outputs, gradient):
+                if debug:
+                    self._debug_hop("send", wire.BACKWARD, message.sample, f"to={nid}", row)
+                self.error_links[nid].send(wire.encode(wire.BACKWARD, message.sample, 0, wire.payload(row)))
+            flight.errors_sent = True
+        return flight
 
     def evaluate(self, data: Dataset) -> tuple[float, float, np.ndarray]:
         """(mean loss, accuracy, outputs) of a forward-only pass: nothing learns, so rows travel
@@ -439,54 +449,62 @@ class Coordinator:
         losses = self.loss.value(outputs.T, data.targets.T)
         return float(np.mean(losses)), accuracy(outputs, data.targets), outputs
 
-    def collect(
-        self, kind: int, request: int, timeout: float | None = None, retry: bool = True
-    ) -> Parameters:
-        """Every weight and bias as the neurons report them (SNAPSHOT), also saved (CHECKPOINT)."""
+    def collect(self, kind: int, request: int) -> Parameters:
+        """Every weight and bias as the neurons report them (SNAPSHOT), also saved (CHECKPOINT); asked
+        again of every neuron after a restart."""
         while True:
-            try:
-                return self._collect(kind, request, timeout)
-            except Restarted:
-                if not retry:
-                    raise
-                self.recover([])
+            parameters = self._collect(kind, request, self.config.training.stall_timeout)
+            if type(parameters) is not Restart:
+                return parameters
+            self.recover([])
 
-    def _collect(self, kind: int, request: int, timeout: float | None) -> Parameters:
+    def _collect(self, kind: int, request: int, timeout: float) -> Parameters | Restart:
+        """One round of SNAPSHOT or CHECKPOINT and its STATE answers; the Restart, when a neuron
+        restarted meanwhile."""
         for peer in self.peers.values():
             peer.control.send(wire.encode(kind, request))
         sizes = self.config.layer_sizes
         axons = [np.zeros((sizes[i], sizes[i + 1])) for i in range(len(sizes) - 1)]
         biases = [np.zeros(s) for s in sizes]
         pending = set(self.peers)
-        deadline = time.monotonic() + (timeout or self.config.training.stall_timeout)
-        traffic: list[list] = []  # synapse messages of batches in flight: theirs, kept for later
+        deadline = time.monotonic() + timeout
+        traffic: list[wire.Message] = []  # synapse messages of batches in flight: theirs, kept for later
         try:
             while pending:
                 message = self._receive(deadline)
-                if message[0] in wire.SYNAPSE_KINDS:
+                if type(message) is Restart:
+                    return message
+                if isinstance(message, SYNAPSE):
                     traffic.append(message)
-                elif message[0] != wire.STATE or message[2] != request or message[1] not in pending:
-                    self._aside(message)
-                else:
-                    _, nid, _, bias, weights, _updates = message
-                    pending.discard(nid)
-                    layer = self.layer_of[nid]
-                    index = self.layers[layer].index(nid)
-                    biases[layer][index] = bias
+                elif type(message) is wire.State and message.request == request and message.neuron in pending:
+                    pending.discard(message.neuron)
+                    layer = self.layer_of[message.neuron]
+                    index = self.layers[layer].index(message.neuron)
+                    biases[layer][index] = message.bias
                     if layer < len(sizes) - 1:
-                        axons[layer][index] = weights
+                        axons[layer][index] = message.weights
+                else:
+                    self._aside(message)
         finally:
             self.backlog.extendleft(reversed(traffic))
         return of_config(self.config, axons, biases)
 
-    def checkpoint(self, final: bool = False) -> Parameters:
-        """Every neuron saves itself at the current count, then the coordinator saves its position.
-        The `final` one (on a stop) is a single short try: the neurons may be going down too."""
+    def checkpoint(self) -> Parameters:
+        """Every neuron saves itself at the current count, then the coordinator saves its position."""
+        parameters = self.collect(wire.CHECKPOINT, self.position.updates)
+        checkpoints.save(self.run.path, COORDINATOR, self.position.updates, self.position.state(), self.kept)
+        return parameters
+
+    def _final_checkpoint(self) -> Parameters | None:
+        """The checkpoint on a stop: a single short try, as the neurons may be going down too; None if
+        they did not all answer."""
         count = self.position.updates
-        if final:
-            parameters = self.collect(wire.CHECKPOINT, count, STOP_GRACE_S, retry=False)
-        else:
-            parameters = self.collect(wire.CHECKPOINT, count)
+        try:
+            parameters = self._collect(wire.CHECKPOINT, count, STOP_GRACE_S)
+        except (Stalled, Stopped):
+            return None
+        if type(parameters) is Restart:
+            return None
         checkpoints.save(self.run.path, COORDINATOR, count, self.position.state(), self.kept)
         return parameters
 
@@ -548,9 +566,8 @@ class Coordinator:
     def _epoch_end(self, last: bool, improved: bool) -> Parameters | None:
         """The cut an epoch's end makes: only the last epoch's, or every one with `checkpoint_every`
         0. Otherwise the cuts every `checkpoint_every` updates are enough, and a cut per epoch would
-        cost more than the learning when epochs are short: XOR (4 rows) ran at 0.5-0.6x, full batch
-        (one update an epoch) at 0.7x. Returns the parameters when it collected them (a cut, or a
-        new best)."""
+        cost more than the learning when epochs are short (a few rows, or one update an epoch).
+        Returns the parameters when it collected them (a cut, or a new best)."""
         parameters = self.checkpoint() if last or not self.config.runtime.checkpoint_every else None
         if improved:
             parameters = parameters or self.collect(wire.SNAPSHOT, -self.sample)
@@ -558,49 +575,21 @@ class Coordinator:
         return parameters
 
     def train(self, train: Dataset, holdout: Dataset | None, progress: Progress) -> dict:
-        c, t, p = self.config, self.config.training, self.position
+        """Epochs until the last, the target loss, a stop or a stall; then the model and the summary."""
+        p = self.position
         started, first = time.monotonic(), p.samples
-        status = "completed"
+        status = ""
         try:
-            while p.epoch < t.epochs:
-                epoch_started, epoch_first = time.monotonic(), p.samples
-                order = epoch_order(c.seed, p.epoch, len(train), t.shuffle)
-                for flight in self.stream(self._batches(train, order), t.max_in_flight):
-                    self._learnt(flight)
-                if self.stop_requested_at is not None:
-                    raise Stopped
-                elapsed = time.monotonic() - epoch_started
-                record = {
-                    "event": "epoch",
-                    "epoch": p.epoch + 1,
-                    "loss": float(np.mean(p.losses)),
-                    "accuracy": float(np.mean(p.correct)),
-                    "recent_accuracy": float(np.mean(p.recent)),
-                    "samples": p.samples,
-                    "samples_per_s": (p.samples - epoch_first) / elapsed if elapsed > 0 else 0.0,
-                    "elapsed": time.monotonic() - started,
-                }
-                if holdout is not None:
-                    record["holdout_loss"], record["holdout_accuracy"], _ = self.evaluate(holdout)
-                p.epoch, p.index, p.losses, p.correct = p.epoch + 1, 0, [], []
-                improved = holdout is not None and (p.best is None or record["holdout_accuracy"] > p.best[0])
-                if improved:
-                    p.best = [record["holdout_accuracy"], p.epoch]
-                reached = t.target_loss is not None and record["loss"] < t.target_loss
-                parameters = self._epoch_end(last=reached or p.epoch >= t.epochs, improved=improved)
-                self.run.append_metrics(record)
-                if parameters is not None or not c.runtime.snapshot_every:
-                    self.publish(parameters)
-                progress.epoch(record)
-                if reached:
-                    self.log.info("target loss %.4g reached after epoch %d", t.target_loss, p.epoch)
-                    break
+            while not status and p.epoch < self.config.training.epochs:
+                status = self._epoch(train, holdout, progress, started)
         except Stopped:
             status = "stopped"
-            self.log.info("stop requested at update %d: checkpointing what the neurons know", p.updates)
         except Stalled as exc:
             status = "stalled"
             self.log.error("samples stalled %d times: %s", MAX_REPLAYS, exc)
+        status = status or "completed"
+        if status == "stopped":
+            self.log.info("stop requested at update %d: checkpointing what the neurons know", p.updates)
         train_time = time.monotonic() - started
         summary = {
             "status": status,
@@ -611,20 +600,64 @@ class Coordinator:
             "samples_per_s": (p.samples - first) / train_time if train_time else 0.0,
             "restarts": self.restarts,
         }
-        if status == "stopped":
+        self._finish(summary, train, holdout)
+        return summary
+
+    def _epoch(self, train: Dataset, holdout: Dataset | None, progress: Progress, started: float) -> str:
+        """One epoch: learn, score, cut, report. Returns how training ends after it, if it does:
+        "stopped" when a stop cut it short, "completed" when it reached the target loss, else ""."""
+        t, p = self.config.training, self.position
+        epoch_started, epoch_first = time.monotonic(), p.samples
+        order = epoch_order(self.config.seed, p.epoch, len(train), t.shuffle)
+        for flight in self.stream(self._batches(train, order), t.max_in_flight):
+            self._learnt(flight)
+        if self.stop_requested_at is not None:
+            return "stopped"
+        elapsed = time.monotonic() - epoch_started
+        record = {
+            "event": "epoch",
+            "epoch": p.epoch + 1,
+            "loss": float(np.mean(p.losses)),
+            "accuracy": float(np.mean(p.correct)),
+            "recent_accuracy": float(np.mean(p.recent)),
+            "samples": p.samples,
+            "samples_per_s": (p.samples - epoch_first) / elapsed if elapsed > 0 else 0.0,
+            "elapsed": time.monotonic() - started,
+        }
+        if holdout is not None:
+            record["holdout_loss"], record["holdout_accuracy"], _ = self.evaluate(holdout)
+        p.epoch, p.index, p.losses, p.correct = p.epoch + 1, 0, [], []
+        improved = holdout is not None and (p.best is None or record["holdout_accuracy"] > p.best[0])
+        if improved:
+            p.best = [record["holdout_accuracy"], p.epoch]
+        reached = t.target_loss is not None and record["loss"] < t.target_loss
+        parameters = self._epoch_end(last=reached or p.epoch >= t.epochs, improved=improved)
+        self.run.append_metrics(record)
+        if parameters is not None or not self.config.runtime.snapshot_every:
+            self.publish(parameters)
+        progress.epoch(record)
+        if reached:
+            self.log.info("target loss %.4g reached after epoch %d", t.target_loss, p.epoch)
+            return "completed"
+        return ""
+
+    def _finish(self, summary: dict, train: Dataset, holdout: Dataset | None) -> None:
+        """The model a run leaves: what the neurons know on a stop, the final weights (and scores)
+        once complete; nothing after a stall."""
+        if summary["status"] == "stopped":
             # The batches in flight finished (or the neurons are going down too): a short, bounded try.
             self.stop_requested_at = None
-            try:
-                self.checkpoint(final=True).save(self.run.model)
-            except (Stalled, Stopped, Restarted):
+            parameters = self._final_checkpoint()
+            if parameters is None:
                 self.log.warning("neurons did not answer the final checkpoint: model.npz not written")
-        elif status == "completed":
+            else:
+                parameters.save(self.run.model)
+        elif summary["status"] == "completed":
             self.collect(wire.SNAPSHOT, -self.sample - 1).save(self.run.model)
             summary["final_loss"], summary["accuracy"], _ = self.evaluate(train)
             if holdout is not None:
                 summary["holdout_loss"], summary["holdout_accuracy"], _ = self.evaluate(holdout)
-                summary["best_holdout_accuracy"], summary["best_epoch"] = p.best or (None, None)
-        return summary
+                summary["best_holdout_accuracy"], summary["best_epoch"] = self.position.best or (None, None)
 
 
 def coordinate(
@@ -663,7 +696,7 @@ def coordinate(
     try:
         coordinator.connect()
         summary = coordinator.train(train, holdout, progress)
-    except (Stopped, Restarted):
+    except Stopped:
         summary = {"status": "stopped", "epochs": 0, "samples": 0}
     except Stalled as exc:
         log.error("start-up stalled: %s", exc)

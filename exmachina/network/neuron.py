@@ -50,7 +50,7 @@ class Gathering:
     The frames' bytes are kept as they came and read as one array when the last is in: one NumPy
     call per sample instead of two per message."""
 
-    __slots__ = ("parts", "size", "missing")
+    __slots__ = ("missing", "parts", "size")
 
     def __init__(self, synapses: int, size: int) -> None:
         self.parts: list[bytes | None] = [None] * synapses
@@ -221,8 +221,8 @@ class Neuron:
 
 
 def _mean(batch: np.ndarray, magnitude: bool = False) -> float:
-    """A batch's mean (of magnitudes) for the stats: in plain Python for a few values, 6x cheaper
-    than NumPy online; in NumPy for many (a list of floats per batch took 6% of a full-batch run)."""
+    """A batch's mean (of magnitudes) for the stats: in plain Python for a few values, where NumPy's
+    call overhead outweighs the sum; in NumPy for many, where building a list of floats would."""
     if len(batch) <= SMALL_BATCH:
         values = batch.tolist()
         return sum(map(abs, values) if magnitude else values) / len(values)
@@ -380,16 +380,15 @@ class NeuronProcess:
         self.received += 1
         try:
             message = wire.decode(frame)
-            kind = message[0]
             if self.neuron.debug:
                 self.log.debug("recv %s", wire.describe(message))
-            if kind == wire.BACKWARD:
+            if type(message) is wire.Error:
+                updated = self.neuron.on_error(message.sample, message.sender, message.payload)
                 every = self.site.checkpoint_every
-                updated = self.neuron.on_error(message[1], message[2], message[3])
                 if updated and every and self.neuron.updates % every == 0:
                     self._checkpoint()
-            elif kind in wire.SYNAPSE_KINDS:
-                self.neuron.on_activity(kind, message[1], message[2], message[3])
+            elif type(message) is wire.Activity:
+                self.neuron.on_activity(message.kind, message.sample, message.sender, message.payload)
             else:
                 return self._control(message)
         except (wire.WireError, Unexpected) as exc:
@@ -398,57 +397,69 @@ class NeuronProcess:
             self.log.warning("dropped message (%s): %r", exc, frame[:64])
         return True
 
-    def _control(self, message: list) -> bool:
-        kind, spec, n = message[0], self.spec, self.neuron
-        if kind == wire.WIRE:
-            _, version, downstream, upstream, network_updates = message
-            if version != wire.VERSION:
-                raise Unexpected(f"protocol version {version}, this neuron speaks {wire.VERSION}")
-            if len(downstream) != len(spec.downstream) or len(upstream) != len(spec.upstream):
-                raise Unexpected(
-                    f"wiring for {len(upstream)}->{len(downstream)} synapses, "
-                    f"need {len(spec.upstream)}->{len(spec.downstream)}"
-                )
-            for link in n.axon.links + n.dendrites.links:
-                link.close()
-            n.axon.links = [self._link(ep, peer) for ep, peer in zip(downstream, spec.downstream)]
-            n.dendrites.links = [self._link(ep, peer) for ep, peer in zip(upstream, spec.upstream)]
-            self.log.info(
-                "wired: %d input synapses from %s; %d output synapses to %s",
-                len(upstream),
-                _peers(spec.upstream),
-                len(downstream),
-                _peers(spec.downstream),
-            )
-            if self.restored or network_updates != n.updates:
-                self.log.warning(
-                    "restart: lost %d updates (weights stand at update %d, the network at %d)",
-                    network_updates - n.updates,
-                    n.updates,
-                    network_updates,
-                )
-                n.updates = n.reported_updates = network_updates
-                self.restored = False
-            self.wired = True
-            self.coordinator.send(wire.encode(wire.READY, spec.id))
-        elif kind == wire.SNAPSHOT:
-            state = [float(n.bias), n.axon.weights.tolist(), n.updates]
-            self.coordinator.send(wire.encode(wire.STATE, spec.id, message[1], *state))
-        elif kind == wire.CHECKPOINT:
-            if message[1] != n.updates:
-                self.log.warning("checkpoint asked at update %d, this neuron is at %d", message[1], n.updates)
-            self._checkpoint()
-            state = [float(n.bias), n.axon.weights.tolist(), n.updates]
-            self.coordinator.send(wire.encode(wire.STATE, spec.id, message[1], *state))
-        elif kind == wire.DROP:
-            n.forget(message[1])
-            self.log.info("dropped sample %d on request", message[1])
-        elif kind == wire.STOP:
-            self.log.info("stop requested")
-            return False
-        else:
-            raise Unexpected(f"{wire.NAMES[kind]} is not a control message")
+    def _control(self, message: wire.Message) -> bool:
+        """A message from the coordinator; False for STOP."""
+        match message:
+            case wire.Wiring():
+                self._wire(message)
+            case wire.Snapshot(request=request):
+                self._send_state(request)
+            case wire.Checkpoint(count=count):
+                if count != self.neuron.updates:
+                    self.log.warning(
+                        "checkpoint asked at update %d, this neuron is at %d", count, self.neuron.updates
+                    )
+                self._checkpoint()
+                self._send_state(count)
+            case wire.Drop(sample=sample):
+                self.neuron.forget(sample)
+                self.log.info("dropped sample %d on request", sample)
+            case wire.Stop():
+                self.log.info("stop requested")
+                return False
+            case _:
+                raise Unexpected(f"{wire.NAMES[message.kind]} is not a control message")
         return True
+
+    def _wire(self, wiring: wire.Wiring) -> None:
+        """Link the synapses where the coordinator says they lead, take up the network's update
+        count, and say READY."""
+        spec, n = self.spec, self.neuron
+        if wiring.version != wire.VERSION:
+            raise Unexpected(f"protocol version {wiring.version}, this neuron speaks {wire.VERSION}")
+        downstream, upstream = wiring.downstream, wiring.upstream
+        if len(downstream) != len(spec.downstream) or len(upstream) != len(spec.upstream):
+            raise Unexpected(
+                f"wiring for {len(upstream)}->{len(downstream)} synapses, "
+                f"need {len(spec.upstream)}->{len(spec.downstream)}"
+            )
+        for link in n.axon.links + n.dendrites.links:
+            link.close()
+        n.axon.links = [self._link(ep, peer) for ep, peer in zip(downstream, spec.downstream)]
+        n.dendrites.links = [self._link(ep, peer) for ep, peer in zip(upstream, spec.upstream)]
+        self.log.info(
+            "wired: %d input synapses from %s; %d output synapses to %s",
+            len(upstream),
+            _peers(spec.upstream),
+            len(downstream),
+            _peers(spec.downstream),
+        )
+        if self.restored or wiring.updates != n.updates:
+            self.log.warning(
+                "restart: lost %d updates (weights stand at update %d, the network at %d)",
+                wiring.updates - n.updates,
+                n.updates,
+                wiring.updates,
+            )
+            n.updates = n.reported_updates = wiring.updates
+            self.restored = False
+        self.wired = True
+        self.coordinator.send(wire.encode(wire.READY, spec.id))
+
+    def _send_state(self, request: int) -> None:
+        n = self.neuron
+        state = [float(n.bias), n.axon.weights.tolist(), n.updates]
+        self.coordinator.send(wire.encode(wire.STATE, self.spec.id, request, *state))
 
     def _checkpoint(self) -> None:
         n = self.neuron

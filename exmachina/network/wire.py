@@ -2,11 +2,11 @@
 
 The first element is always the kind. Synapse traffic, the hot path, is four small fields:
 
-    [FORWARD,  sample, sender, values]  activity of `sender`, already weighted by the sender's axon
-    [INFER,    sample, sender, values]  the same for a forward-only (evaluation) sample: nothing is kept
-    [BACKWARD, sample, sender, values]  the error (delta) of `sender`, back along the synapse
+    [FORWARD,  sample, sender, payload]  activity of `sender`, already weighted by the sender's axon
+    [INFER,    sample, sender, payload]  the same for a forward-only (evaluation) sample: nothing is kept
+    [BACKWARD, sample, sender, payload]  the error (delta) of `sender`, back along the synapse
 
-`values` is raw little-endian float64 bytes: one value per sample of the batch (one, online), read
+`payload` is raw little-endian float64 bytes: one value per sample of the batch (one, online), read
 with numpy.frombuffer; a "sample" id names the whole batch.
 
 `sender` is the sender's index in its layer, which is the receiver's synapse number; the
@@ -23,13 +23,16 @@ coordinator is sender 0 to the input and output layers. Control traffic names ne
 in WIRE it is the count the network stands at, so the neuron knows how many updates it lost. STATE
 answers both SNAPSHOT and CHECKPOINT (then `request` is the count written).
 
-A frame that does not decode to one of these shapes raises `WireError`: the receiver drops it,
-counts it and logs it, and carries on.
+`encode(kind, *fields)` writes any of them. `decode(frame)` reads one back as its record, a named
+tuple whose fields are the array's, kind first (`Activity`, `Error`, `Wiring`, ...): so
+`encode(*decode(frame))` gives the frame back, and a receiver reads `message.sample`, not
+`message[1]`. A frame that does not decode to one of these shapes raises `WireError`: the receiver
+drops it, counts it and logs it, and carries on.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 import numpy as np
@@ -55,23 +58,125 @@ NAMES = {
     STATS: "STATS",
 }
 
-# The exact Python type of each field after the kind (msgpack gives exact int/float/str/list/dict).
-_SHAPES: dict[int, tuple[type, ...]] = {
-    FORWARD: (int, int, bytes),
-    INFER: (int, int, bytes),
-    BACKWARD: (int, int, bytes),
-    WIRE: (int, list, list, int),
-    SNAPSHOT: (int,),
-    DROP: (int,),
-    STOP: (),
-    CHECKPOINT: (int,),
-    HELLO: (int, str, int, dict, int),
-    READY: (str,),
-    STATE: (str, int, float, list, int),
-    STATS: (str, dict),
-}
-
 SYNAPSE_KINDS = frozenset({FORWARD, INFER, BACKWARD})
+
+
+# -- the records: one per message kind (FORWARD and INFER share one), fields in wire order -------------
+
+
+class Activity(NamedTuple):
+    """FORWARD or INFER: `sender`'s activity for `sample`, already weighted by its axon."""
+
+    kind: int
+    sample: int
+    sender: int
+    payload: bytes
+
+
+class Error(NamedTuple):
+    """BACKWARD: `sender`'s error (delta) for `sample`, back along the synapse. A learning signal,
+    not an exception."""
+
+    kind: int
+    sample: int
+    sender: int
+    payload: bytes
+
+
+class Wiring(NamedTuple):
+    """WIRE: where a neuron's synapses lead, and the update count the network stands at."""
+
+    kind: int
+    version: int
+    downstream: list
+    upstream: list
+    updates: int
+
+
+class Snapshot(NamedTuple):
+    """SNAPSHOT: report your state (answered by STATE with the same `request`)."""
+
+    kind: int
+    request: int
+
+
+class Drop(NamedTuple):
+    """DROP: forget `sample`, it will be replayed under a new id."""
+
+    kind: int
+    sample: int
+
+
+class Stop(NamedTuple):
+    """STOP: finish the message in hand and exit."""
+
+    kind: int
+
+
+class Checkpoint(NamedTuple):
+    """CHECKPOINT: save your state at update `count` (answered by STATE with request `count`)."""
+
+    kind: int
+    count: int
+
+
+class Hello(NamedTuple):
+    """HELLO: a neuron is bound at `endpoints` and its weights stand at `updates`."""
+
+    kind: int
+    version: int
+    neuron: str
+    pid: int
+    endpoints: dict
+    updates: int
+
+
+class Ready(NamedTuple):
+    """READY: a neuron is wired."""
+
+    kind: int
+    neuron: str
+
+
+class State(NamedTuple):
+    """STATE: a neuron's bias and outgoing weights, answering SNAPSHOT or CHECKPOINT `request`."""
+
+    kind: int
+    neuron: str
+    request: int
+    bias: float
+    weights: list
+    updates: int
+
+
+class Stats(NamedTuple):
+    """STATS: a neuron's periodic counters."""
+
+    kind: int
+    neuron: str
+    stats: dict
+
+
+Message = Activity | Error | Wiring | Snapshot | Drop | Stop | Checkpoint | Hello | Ready | State | Stats
+
+# Each kind's record and the exact Python type of each field after the kind (msgpack gives exact
+# int/float/str/bytes/list/dict, so `type(x) is t` also refuses a bool where an int belongs).
+_RECORDS: dict[int, tuple[type, tuple[type, ...]]] = {
+    FORWARD: (Activity, (int, int, bytes)),
+    INFER: (Activity, (int, int, bytes)),
+    BACKWARD: (Error, (int, int, bytes)),
+    WIRE: (Wiring, (int, list, list, int)),
+    SNAPSHOT: (Snapshot, (int,)),
+    DROP: (Drop, (int,)),
+    STOP: (Stop, ()),
+    CHECKPOINT: (Checkpoint, (int,)),
+    HELLO: (Hello, (int, str, int, dict, int)),
+    READY: (Ready, (str,)),
+    STATE: (State, (str, int, float, list, int)),
+    STATS: (Stats, (str, dict)),
+}
+_SYNAPSE_RECORDS = {kind: record for kind, (record, _) in _RECORDS.items() if kind in SYNAPSE_KINDS}
+_new = tuple.__new__  # a record from the decoded list as it is: no per-field call
 
 
 class WireError(ValueError):
@@ -82,11 +187,12 @@ _pack = msgpack.Packer(use_bin_type=True).pack
 
 
 def encode(kind: int, *fields: Any) -> bytes:
+    """The frame of one message; `encode(*record)` is the frame a record was decoded from."""
     return _pack([kind, *fields])
 
 
-def decode(frame: bytes) -> list:
-    """The message as a list [kind, fields...]; raises WireError for anything malformed."""
+def decode(frame: bytes) -> Message:
+    """The message as its record; raises WireError naming what is wrong with anything malformed."""
     try:
         message = msgpack.unpackb(frame, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types for garbage
@@ -94,25 +200,30 @@ def decode(frame: bytes) -> list:
     if (  # the hot path, a synapse message, checked in one expression
         type(message) is list
         and len(message) == 4
-        and message[0] in SYNAPSE_KINDS
+        and type(message[0]) is int
         and type(message[1]) is int
         and type(message[2]) is int
         and type(message[3]) is bytes
+        and (record := _SYNAPSE_RECORDS.get(message[0])) is not None
     ):
-        return message
+        return _new(record, message)
+    return _new(_checked(message), message)
+
+
+def _checked(message: Any) -> type:
+    """The record type of a message that is not a well-formed synapse message; raises WireError."""
     if type(message) is not list or not message:
         raise WireError(f"not a message array: {_short(message)}")
-    shape = _SHAPES.get(message[0]) if type(message[0]) is int else None
-    if shape is None:
+    record, shape = _RECORDS.get(message[0], (None, ())) if type(message[0]) is int else (None, ())
+    if record is None:
         raise WireError(f"unknown kind {_short(message[0])}")
+    name = NAMES[message[0]]
     if len(message) != len(shape) + 1:
-        raise WireError(f"{NAMES[message[0]]} needs {len(shape)} fields, got {len(message) - 1}")
-    for position, (value, expected) in enumerate(zip(message[1:], shape), start=1):
+        raise WireError(f"{name} needs {len(shape)} fields, got {len(message) - 1}")
+    for field, value, expected in zip(record._fields[1:], message[1:], shape):
         if type(value) is not expected:
-            raise WireError(
-                f"{NAMES[message[0]]} field {position} should be {expected.__name__}: {_short(value)}"
-            )
-    return message
+            raise WireError(f"{name} field {field} should be {expected.__name__}: {_short(value)}")
+    return record
 
 
 def batch_size(payload: bytes) -> int:
@@ -133,12 +244,12 @@ def payload(batch: np.ndarray) -> bytes:
     return np.ascontiguousarray(batch, dtype="<f8").tobytes()
 
 
-def describe(message: list) -> str:
+def describe(message: Message) -> str:
     """A short human form for logs: `FORWARD sample=17 sender=3 value=0.25`."""
     kind = message[0]
     if kind in SYNAPSE_KINDS:
         return f"{NAMES[kind]} sample={message[1]} sender={message[2]} value={show(message[3])}"
-    return f"{NAMES[kind]} {_short(message[1:])}"
+    return f"{NAMES[kind]} {_short(list(message[1:]))}"
 
 
 def show(data: bytes | np.ndarray) -> str:
