@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import copy
 import json
 import os
@@ -162,20 +163,26 @@ class Training:
                 self._path = Path(self._cwd) / match.group(1)
                 self._found.set()
                 self._clean()  # the child has read its config; the run dir holds its own copy
-            sys.stdout.write(line)
-            sys.stdout.flush()
+            _echo(sys.stdout, line)
 
     def _echo_stderr(self) -> None:
         for line in self._process.stderr:
             if line.strip():
                 self._errors.append(line.rstrip("\n").removeprefix("exmachina: "))
-            sys.stderr.write(line)
-            sys.stderr.flush()
+            _echo(sys.stderr, line)
 
     def _clean(self) -> None:
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
+
+
+def _echo(stream: Any, line: str) -> None:
+    """Pass a line of the child's on; a closed or odd stream must not stop the draining, or the
+    child would block on a full pipe."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        stream.write(line)
+        stream.flush()
 
 
 _live: weakref.WeakSet[Training] = weakref.WeakSet()
@@ -186,7 +193,8 @@ def _stop_all() -> None:
     """A script that ends while a run trains stops it: nothing is left training with nobody to read
     its output."""
     for training in list(_live):
-        training.stop()
+        with contextlib.suppress(LearnError, TimeoutError):
+            training.stop()
 
 
 def start(config: str | Path | dict | Config, **overrides: Any) -> Training:
