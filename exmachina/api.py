@@ -13,17 +13,20 @@ run directory the child names.
 from __future__ import annotations
 
 import atexit
+import codecs
 import collections
 import contextlib
 import copy
 import json
 import os
+import pty
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import weakref
 from pathlib import Path
@@ -99,7 +102,11 @@ def _epoch_records(path: Path) -> list[dict[str, Any]]:
 class Training:
     """A run training in the background (`start`). Its output goes to this process's stdout and stderr."""
 
-    def __init__(self, process: subprocess.Popen, cwd: str, scratch: Path | None) -> None:
+    def __init__(
+        self, process: subprocess.Popen, output: int, errors: int, cwd: str, scratch: Path | None
+    ) -> None:
+        """`output`, `errors`: the read ends of the child's stdout (a pipe, or a pseudo-terminal's
+        master) and stderr (a pipe)."""
         self._process = process
         self._cwd = cwd
         self._scratch = scratch
@@ -107,8 +114,8 @@ class Training:
         self._path: Path | None = None
         self._errors: collections.deque[str] = collections.deque(maxlen=20)
         self._readers = [
-            threading.Thread(target=self._echo_stdout, daemon=True),
-            threading.Thread(target=self._echo_stderr, daemon=True),
+            threading.Thread(target=_pump, args=(output, sys.stdout, self._on_stdout), daemon=True),
+            threading.Thread(target=_pump, args=(errors, sys.stderr, self._on_stderr), daemon=True),
         ]
         for reader in self._readers:
             reader.start()
@@ -157,19 +164,15 @@ class Training:
             if self._process.poll() is not None:
                 self.wait()  # raises LearnError with the child's own one-line message
 
-    def _echo_stdout(self) -> None:
-        for line in self._process.stdout:
-            if self._path is None and (match := _RUN_LINE.match(line.rstrip("\n"))):
-                self._path = Path(self._cwd) / match.group(1)
-                self._found.set()
-                self._clean()  # the child has read its config; the run dir holds its own copy
-            _echo(sys.stdout, line)
+    def _on_stdout(self, line: str) -> None:
+        if self._path is None and (match := _RUN_LINE.match(line)):
+            self._path = Path(self._cwd) / match.group(1)
+            self._found.set()
+            self._clean()  # the child has read its config; the run dir holds its own copy
 
-    def _echo_stderr(self) -> None:
-        for line in self._process.stderr:
-            if line.strip():
-                self._errors.append(line.rstrip("\n").removeprefix("exmachina: "))
-            _echo(sys.stderr, line)
+    def _on_stderr(self, line: str) -> None:
+        if line.strip():
+            self._errors.append(line.removeprefix("exmachina: "))
 
     def _clean(self) -> None:
         if self._scratch is not None:
@@ -177,12 +180,28 @@ class Training:
             self._scratch = None
 
 
-def _echo(stream: Any, line: str) -> None:
-    """Pass a line of the child's on; a closed or odd stream must not stop the draining, or the
-    child would block on a full pipe."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        stream.write(line)
-        stream.flush()
+def _pump(fd: int, stream: Any, on_line: Any) -> None:
+    """Pass the child's output on as it comes (a live progress bar redraws without newlines), and
+    each whole line to `on_line`. A closed or odd stream must not stop the draining, or the child
+    would block on a full pipe."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pending = ""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: every holder of the pseudo-terminal's other end has closed it
+            chunk = b""
+        text = decoder.decode(chunk, final=not chunk)
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.write(text)
+            stream.flush()
+        *lines, pending = (pending + text).split("\n")
+        for line in lines:
+            on_line(line.rstrip("\r"))
+        pending = pending[-4096:]
+        if not chunk:
+            break
+    os.close(fd)
 
 
 _live: weakref.WeakSet[Training] = weakref.WeakSet()
@@ -240,17 +259,26 @@ def _launch(arguments: list[str], scratch: Path | None) -> Training:
     paths = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(paths)}
     cwd = os.getcwd()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "exmachina.supervisor", *arguments],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        cwd=cwd,
-        env=env,
-        start_new_session=True,
-    )
-    training = Training(process, cwd, scratch)
+    output, child_output = _output_channel()
+    errors, child_errors = os.pipe()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "exmachina.supervisor", *arguments],
+            stdout=child_output,
+            stderr=child_errors,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(output)
+        os.close(errors)
+        raise
+    finally:
+        os.close(child_output)
+        os.close(child_errors)
+    training = Training(process, output, errors, cwd, scratch)
     _live.add(training)
     try:
         training._wait_for_run_dir()
@@ -260,6 +288,21 @@ def _launch(arguments: list[str], scratch: Path | None) -> Training:
             training._process.wait()
         raise
     return training
+
+
+def _output_channel() -> tuple[int, int]:
+    """(read end, the child's stdout): a pseudo-terminal as wide as ours when our stdout is a
+    terminal, so the child draws the live progress bar the command line shows; else a pipe."""
+    try:
+        ours = sys.stdout.fileno() if sys.stdout.isatty() else None
+    except (AttributeError, OSError, ValueError):  # a notebook's or a test's stand-in stream
+        ours = None
+    if ours is None:
+        return os.pipe()
+    master, slave = pty.openpty()
+    with contextlib.suppress(OSError):
+        termios.tcsetwinsize(slave, termios.tcgetwinsize(ours))
+    return master, slave
 
 
 # -- configs and overrides ------------------------------------------------------------------------------

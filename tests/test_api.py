@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
 import re
 import signal
 import subprocess
@@ -221,3 +223,25 @@ def test_a_bad_override_raises_config_error_naming_the_key_and_starts_nothing(tm
     assert not (tmp_path / "runs").exists()
     with pytest.raises(ConfigError, match="<memory>: training.epochs"):
         exmachina.start(xor_config(training={"learning_rate": 0.5, "epochs": 0}))
+
+
+def test_learn_in_a_terminal_shows_the_live_progress_bar(tmp_path):
+    path = write_config(tmp_path, xor_config(training={"learning_rate": 0.5, "epochs": 3}))
+    script = f"import exmachina; print('status', exmachina.learn({str(path)!r}).status)"
+    terminal, ours = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script], stdout=ours, stderr=subprocess.PIPE, cwd=tmp_path
+        )
+    finally:
+        os.close(ours)
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO once the last holder of the terminal's other end is gone
+        while chunk := os.read(terminal, 65536):
+            shown += chunk
+    os.close(terminal)
+    assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    proc.stderr.close()
+    text = shown.decode()
+    assert "epoch 3/3" in text and "\u2501" in text  # rich's bar, drawn only on a terminal
+    assert "status completed" in text
