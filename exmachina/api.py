@@ -29,6 +29,7 @@ import tempfile
 import termios
 import threading
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,9 @@ class Training:
         for reader in self._readers:
             reader.start()
 
+    def __repr__(self) -> str:
+        return f"Training({str(self._path)!r}, running={self.running})"
+
     @property
     def running(self) -> bool:
         return self._process.poll() is None
@@ -180,7 +184,7 @@ class Training:
             self._scratch = None
 
 
-def _pump(fd: int, stream: Any, on_line: Any) -> None:
+def _pump(fd: int, stream: Any, on_line: Callable[[str], None]) -> None:
     """Pass the child's output on as it comes (a live progress bar redraws without newlines), and
     each whole line to `on_line`. A closed or odd stream must not stop the draining, or the child
     would block on a full pipe."""

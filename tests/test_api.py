@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import yaml
 
@@ -41,6 +42,9 @@ def trained(tmp_path_factory) -> exmachina.Run:
         mp.chdir(home)
         mp.setenv("EXMACHINA_SOCKET_DIR", str(sockets))
         run = exmachina.learn("xor.yaml", **{"training.epochs": EPOCHS}, training={"learning_rate": 1.0})
+    # the module's runs start before any test's no_leftovers looks: the check is here
+    left = [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"learn returned with processes still alive: {left}"
     return run
 
 
