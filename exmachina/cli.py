@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -11,12 +12,17 @@ app = typer.Typer(
     help="Neural networks in which every neuron is its own OS process.",
     no_args_is_help=True,
     add_completion=False,
+    # click's own help: typer's rich panels print a <bool> placeholder after every flag, --help too
+    rich_markup_mode=None,
 )
 
 
 @app.command()
 def learn(
     config: Annotated[Path | None, typer.Argument(help="YAML config, e.g. configs/xor.yaml")] = None,
+    config_option: Annotated[
+        Path | None, typer.Option("--config", "-c", help="the config, given as an option", show_default=False)
+    ] = None,
     resume: Annotated[
         str | None, typer.Option(help="continue a stopped or crashed run (path or name)")
     ] = None,
@@ -24,15 +30,19 @@ def learn(
     """Train a network: one process per neuron, plus a coordinator, under a supervisor."""
     from exmachina.launch.learn import main as run_main
 
-    run_main(config, resume)
+    if config is not None and config_option is not None and config != config_option:
+        print("exmachina: give the config once: as an argument or as --config", file=sys.stderr)
+        raise typer.Exit(2)
+    run_main(config or config_option, resume)
 
 
 RUN_HELP = "a run directory, or a run's name under runs/ (default: runs/latest)"
+RunArg = Annotated[str | None, typer.Argument(help=RUN_HELP, show_default=False)]
 
 
 @app.command()
 def view(
-    run: Annotated[str | None, typer.Argument(help=RUN_HELP, show_default=False)] = None,
+    run: RunArg = None,
     port: Annotated[int, typer.Option(help="port to serve on (0: any free port)")] = 8050,
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
 ) -> None:
@@ -44,23 +54,73 @@ def view(
 
 
 @app.command()
-def report(run: Annotated[str | None, typer.Argument(help=RUN_HELP, show_default=False)] = None) -> None:
+def report(run: RunArg = None) -> None:
     """Draw a run's weights, latest predictions and curves into PNG files in its directory."""
     from exmachina.tools.report import main as run_report
 
     raise typer.Exit(run_report(run))
 
 
-# -- looking inside a run: logs, inspect, ps, trace (exmachina/inspection.py, ps.py, trace.py) --------
+# -- using what a run learnt: predict, evaluate (exmachina/tools/predict.py) ---------------------------
 
-RunArg = Annotated[str | None, typer.Argument(help=RUN_HELP, show_default=False)]
+MODEL_HELP = "a run directory, a run's name under runs/, latest (the default) or a model.npz file"
+ModelArg = Annotated[str | None, typer.Argument(help=MODEL_HELP, show_default=False)]
+
+
+def _using(job) -> None:  # noqa: ANN001 - a callable returning an exit code
+    """Run one model command: a bad run, file or width is one line on stderr and exit 2."""
+    from exmachina.config import ConfigError
+    from exmachina.data.datasets import DatasetError
+    from exmachina.model.trained import ModelError
+
+    try:
+        code = job()
+    except (ModelError, DatasetError, ConfigError) as exc:
+        print(f"exmachina: {exc}", file=sys.stderr)
+        code = 2
+    raise typer.Exit(code)
+
+
+@app.command()
+def predict(
+    run: ModelArg = None,
+    data: Annotated[
+        Path, typer.Option("--data", "-d", help="rows of inputs (targets after them are scored)")
+    ] = ...,
+    json_list: Annotated[bool, typer.Option("--json", help="one JSON list of every row's outputs")] = False,
+    classes: Annotated[
+        bool, typer.Option("--classes", help="the class of each row instead of its outputs")
+    ] = False,
+) -> None:
+    """A run's model on a file's rows, in this process: one line of comma-separated outputs per row.
+    Rows that also carry targets get their accuracy printed on stderr."""
+    from exmachina.tools import predict as tool
+
+    _using(lambda: tool.predict(run, data, json_list, classes))
+
+
+@app.command()
+def evaluate(
+    run: ModelArg = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", "-d", help="rows of inputs then targets (default: the run's held-out rows)"),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="one JSON object: loss, accuracy, rows")] = False,
+) -> None:
+    """Loss and accuracy of a run's model on the rows its config held out (data.holdout), or on a file."""
+    from exmachina.tools import predict as tool
+
+    _using(lambda: tool.evaluate(run, data, json_out))
+
+
+# -- looking inside a run: logs, inspect, ps, trace (exmachina/tools/inspection.py, ps.py, trace.py) ---
 
 
 def _inspecting(job) -> None:  # noqa: ANN001 - a callable returning an exit code
     """Run one inspection command: its own failures are one line and exit 2, Ctrl-C a quiet stop."""
     import contextlib
     import os
-    import sys
 
     from exmachina.tools.inspection import InspectError
 

@@ -70,6 +70,15 @@ def load_semeion(path: str | Path) -> Dataset:
 
 def load_csv(path: str | Path, targets: int) -> Dataset:
     """Rows of numbers separated by commas or spaces; the last `targets` columns are the targets."""
+    table = read_table(path)
+    if table.shape[1] <= targets:
+        raise DatasetError(f"{path}: {table.shape[1]} values a row leave no inputs before {targets} targets")
+    return Dataset(Path(path).stem, table[:, :-targets], table[:, -targets:])
+
+
+def read_table(path: str | Path) -> np.ndarray:
+    """A file of rows of numbers, separated by commas or spaces (`#` starts a comment line), all rows
+    as wide as the first."""
     path = Path(path)
     try:
         lines = path.read_text().splitlines()
@@ -82,18 +91,13 @@ def load_csv(path: str | Path, targets: int) -> Dataset:
         fields = line.replace(",", " ").split()
         if rows and len(fields) != len(rows[0]):
             raise DatasetError(f"{path}:{number}: expected {len(rows[0])} values, found {len(fields)}")
-        if len(fields) <= targets:
-            raise DatasetError(
-                f"{path}:{number}: {len(fields)} values leave no inputs before {targets} targets"
-            )
         bad = next((v for v in fields if not _is_number(v)), None)
         if bad is not None:
             raise DatasetError(f"{path}:{number}: {bad!r} is not a number")
         rows.append([float(v) for v in fields])
     if not rows:
         raise DatasetError(f"{path}: no rows")
-    table = np.array(rows)
-    return Dataset(path.stem, table[:, :-targets], table[:, -targets:])
+    return np.array(rows)
 
 
 def _is_number(text: str) -> bool:
