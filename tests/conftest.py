@@ -45,10 +45,13 @@ def _ours_or_orphaned(before: set[int], me: psutil.Process) -> dict[int, str]:
 
 
 @pytest.fixture(autouse=True)
-def no_leftovers(tmp_path_factory, monkeypatch):
+def no_leftovers(request, tmp_path_factory, monkeypatch):
     """Give each test its own socket directory, then prove no process and no socket file outlived it."""
     sockets = tmp_path_factory.mktemp("sock", numbered=True)
     monkeypatch.setenv("EXMACHINA_SOCKET_DIR", str(sockets))
+    if request.node.get_closest_marker("unit") is not None:
+        yield from _starts_nothing(sockets)
+        return
     before = set(exmachina_processes())
     me = psutil.Process()
     children_before = {p.pid for p in me.children(recursive=True)}
@@ -71,5 +74,17 @@ def no_leftovers(tmp_path_factory, monkeypatch):
             psutil.Process(pid).kill()
     assert not left, f"processes left behind: {left}"
     assert not kids, f"child processes left behind: {[p.pid for p in kids]}"
+    stale = [p for p in sockets.rglob("*") if p.is_socket()]
+    assert not stale, f"socket files left behind: {stale}"
+
+
+def _starts_nothing(sockets):
+    """For a unit test: it may start no process at all, so its own children are all there is to check
+    (a scan of every process on the machine would cost more than most unit tests take)."""
+    me = psutil.Process()
+    children_before = {p.pid for p in me.children(recursive=True)}
+    yield sockets
+    started = [p.pid for p in me.children(recursive=True) if p.pid not in children_before]
+    assert not started, f"a unit test started processes: {started}"
     stale = [p for p in sockets.rglob("*") if p.is_socket()]
     assert not stale, f"socket files left behind: {stale}"
