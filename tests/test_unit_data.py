@@ -47,13 +47,21 @@ def test_a_given_semeion_path_still_wins_and_is_relative_to_the_config(tmp_path,
     np.testing.assert_array_equal(data.inputs, semeion.inputs[:5])
 
 
-def test_a_limit_takes_a_subset_fixed_by_the_seed_in_file_order(semeion):
-    config = config_from_dict(xor_config(network=DIGITS, data={"source": "semeion", "limit": 40}))
+def test_a_limit_takes_a_subset_fixed_by_the_seed_in_file_order(tmp_path):
+    rows = np.hstack([np.arange(30)[:, None], np.repeat(np.eye(3), 10, axis=0)])  # sorted by class
+    np.savetxt(tmp_path / "rows.csv", rows, delimiter=",")
+    raw = xor_config(
+        network={"layers": [{"name": "input", "size": 1}, {"name": "output", "size": 3}]},
+        data={"source": "csv", "path": "rows.csv", "targets": 3, "limit": 12},
+    )
+    config = config_from_dict(raw, source=str(tmp_path / "config.yaml"))
     once, again = datasets.load(config), datasets.load(config)
     np.testing.assert_array_equal(once.inputs, again.inputs)
-    rows = [int(np.flatnonzero((semeion.inputs == row).all(axis=1))[0]) for row in once.inputs[:5]]
-    assert len(once) == 40 and rows == sorted(rows)
-    assert len(np.unique(once.targets.argmax(axis=1))) > 3  # not the first rows of a file sorted by digit
+    picked = once.inputs[:, 0]
+    assert len(once) == 12 and list(picked) == sorted(set(picked))
+    assert len(np.unique(once.targets.argmax(axis=1))) > 1  # not the first rows of a sorted file
+    other = datasets.load(config_from_dict({**raw, "seed": 4}, source=str(tmp_path / "config.yaml")))
+    assert not np.array_equal(other.inputs, once.inputs)
 
 
 def test_a_network_too_narrow_for_its_data_names_the_layer():
