@@ -84,7 +84,10 @@ def _starts_nothing(sockets):
     me = psutil.Process()
     children_before = {p.pid for p in me.children(recursive=True)}
     yield sockets
-    started = [p.pid for p in me.children(recursive=True) if p.pid not in children_before]
-    assert not started, f"a unit test started processes: {started}"
+    started = [p for p in me.children(recursive=True) if p.pid not in children_before]
+    for proc in started:  # do not let one failure cascade into the next test
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    assert not started, f"a unit test started processes: {[p.pid for p in started]}"
     stale = [p for p in sockets.rglob("*") if p.is_socket()]
     assert not stale, f"socket files left behind: {stale}"
