@@ -1,11 +1,12 @@
-# The two commands that matter: `make learn` (train XOR) and `make test` (the whole suite).
+# The two commands that matter: `make learn` (train XOR) and `make test` (the whole suite);
+# `make test-fast` runs only the unit tests, which start no process, in seconds.
 PYTHON ?= python3
 # Another interpreter gets its own venv: `make bench PYTHON=python3.12 VENV=.venv-3.12`.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= configs/xor.yaml
 
-.PHONY: learn test lint bench bench-quick clean
+.PHONY: learn test test-fast lint bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +25,9 @@ $(VENV)/.ray-installed: $(VENV)/.installed
 test: $(VENV)/.ray-installed
 	$(PY) -m ruff check exmachina supervisor tests
 	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m unit
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check exmachina supervisor tests

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
+from exmachina.data import SEMEION_DATA
 from exmachina.model.activations import ACTIVATIONS, LOSSES
 
 
@@ -59,7 +60,7 @@ class TrainingConfig:
 @dataclass(frozen=True)
 class DataConfig:
     source: Literal["xor", "and", "or", "semeion", "csv"]
-    path: str | None = None  # for file sources, relative to the config file
+    path: str | None = None  # file sources: relative to the config file; semeion default: the packaged copy
     targets: int | None = None  # csv: how many trailing columns are targets
     limit: int | None = None  # use only N rows, picked at random by the seed (quick runs)
     holdout: float = 0.0  # share of rows held out for evaluation, split by the seed
@@ -157,7 +158,7 @@ class Config:
 
     def data_path(self) -> Path | None:
         if self.data.path is None:
-            return None
+            return SEMEION_DATA if self.data.source == "semeion" else None
         path = Path(self.data.path).expanduser()
         return path if path.is_absolute() else Path(self.source).parent / path
 
@@ -333,7 +334,7 @@ def _check(c: Config) -> None:
             f"loss {t.loss} takes raw logits: the output layer must use activation identity",
         )
     d = c.data
-    if d.source in FILE_SOURCES and d.path is None:
+    if d.source in FILE_SOURCES and c.data_path() is None:
         _fail(s, "data.path", f"the {d.source} source needs a file path")
     if d.source not in FILE_SOURCES and d.path is not None:
         _fail(s, "data.path", f"the built-in source {d.source!r} takes no path")

@@ -1,41 +1,22 @@
-"""Shared fixtures: every test that starts processes must leave none behind, nor any socket file."""
+"""Fixtures only (the helpers are in tests/helpers.py): every test that starts processes must leave none
+behind, nor any socket file."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import psutil
 import pytest
-import yaml
+
+from tests.helpers import TITLE, exmachina_processes
 
 # Tests send Ctrl-C (SIGINT) to the commands they start. A shell starts a background job (`make
 # test &`) with SIGINT ignored, and an ignored signal stays ignored in every program it runs: Python
 # would then install no KeyboardInterrupt handler. A handled signal is reset to the default on exec.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
-
-REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data" / "semeion.data"
-TITLE = "exmachina:"
-
-
-def exmachina_processes() -> dict[int, str]:
-    """Live processes titled `exmachina: ...` (neurons, coordinators, supervisors)."""
-    found = {}
-    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
-        try:
-            cmdline = " ".join(a for a in proc.info["cmdline"] or [] if a).strip()
-            if cmdline.startswith(TITLE) and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                found[proc.info["pid"]] = cmdline
-        except psutil.Error:
-            continue
-    return found
 
 
 def _orphaned(pid: int) -> bool:
@@ -64,10 +45,13 @@ def _ours_or_orphaned(before: set[int], me: psutil.Process) -> dict[int, str]:
 
 
 @pytest.fixture(autouse=True)
-def no_leftovers(tmp_path_factory, monkeypatch):
+def no_leftovers(request, tmp_path_factory, monkeypatch):
     """Give each test its own socket directory, then prove no process and no socket file outlived it."""
     sockets = tmp_path_factory.mktemp("sock", numbered=True)
     monkeypatch.setenv("EXMACHINA_SOCKET_DIR", str(sockets))
+    if request.node.get_closest_marker("unit") is not None:
+        yield from _starts_nothing(sockets)
+        return
     before = set(exmachina_processes())
     me = psutil.Process()
     children_before = {p.pid for p in me.children(recursive=True)}
@@ -94,70 +78,16 @@ def no_leftovers(tmp_path_factory, monkeypatch):
     assert not stale, f"socket files left behind: {stale}"
 
 
-def xor_config(**sections) -> dict:
-    config = {
-        "name": "xor",
-        "seed": 3,
-        "network": {
-            "layers": [
-                {"name": "input", "size": 2},
-                {"name": "hidden1", "size": 3, "activation": "tanh"},
-                {"name": "output", "size": 1, "activation": "logistic"},
-            ]
-        },
-        "training": {"learning_rate": 0.5, "epochs": 100},
-        "data": {"source": "xor"},
-        "runtime": {"log_level": "info"},
-    }
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
-            config[key] = {**config[key], **value}
-        else:
-            config[key] = value
-    return config
-
-
-def write_config(directory: Path, config: dict, name: str = "config.yaml") -> Path:
-    config = {**config, "runtime": {**config.get("runtime", {}), "runs_dir": str(directory / "runs")}}
-    path = directory / name
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
-
-
-def learn_command(config_path: Path) -> list[str]:
-    return [sys.executable, "-m", "exmachina.supervisor", "--config", str(config_path)]
-
-
-def run_learn(config_path: Path, timeout: float = 90) -> subprocess.CompletedProcess:
-    """Train through the real entry point, as a user would."""
-    return subprocess.run(
-        learn_command(config_path),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=config_path.parent,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-def start_learn(config_path: Path) -> subprocess.Popen:
-    """Start training in its own session, as a terminal would (so killpg reaches the whole group)."""
-    return subprocess.Popen(
-        learn_command(config_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=config_path.parent,
-        start_new_session=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
+def _starts_nothing(sockets):
+    """For a unit test: it may start no process at all, so its own children are all there is to check
+    (a scan of every process on the machine would cost more than most unit tests take)."""
+    me = psutil.Process()
+    children_before = {p.pid for p in me.children(recursive=True)}
+    yield sockets
+    started = [p for p in me.children(recursive=True) if p.pid not in children_before]
+    for proc in started:  # do not let one failure cascade into the next test
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    assert not started, f"a unit test started processes: {[p.pid for p in started]}"
+    stale = [p for p in sockets.rglob("*") if p.is_socket()]
+    assert not stale, f"socket files left behind: {stale}"

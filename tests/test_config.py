@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from exmachina.config import ConfigError, config_from_dict, load_config
-from tests.conftest import REPO, SHARED_DATA, run_learn, write_config, xor_config
+from tests.helpers import REPO, run_learn, write_config, xor_config
 
 
 def with_layers(*sizes):
@@ -108,8 +108,6 @@ def test_missing_and_malformed_config_files(tmp_path):
 def test_shipped_configs_are_valid():
     for path in sorted((REPO / "configs").glob("*.yaml")):
         config = load_config(path)
-        if config.data.source == "semeion" and not SHARED_DATA.exists():
-            continue
         assert config.data_path() is None or config.data_path().exists(), path
 
 

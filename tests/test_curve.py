@@ -25,10 +25,17 @@ from exmachina.rundir import checkpoints
 from exmachina.rundir.directory import Site
 from exmachina.rundir.logs import close_log, open_log
 from exmachina.tools import logview
-from tests.conftest import run_learn, start_learn, wait_for, write_config
-from tests.conftest import xor_config as make
-from tests.test_equivalence import assert_same_parameters, reference_after
-from tests.test_lifecycle import run_dir, training_underway
+from tests.helpers import (
+    assert_same_parameters,
+    reference_after,
+    run_dir,
+    run_learn,
+    start_learn,
+    training_underway,
+    wait_for,
+    write_config,
+)
+from tests.helpers import xor_config as make
 
 KEY, BOUND = re.compile(r"CURVE server with public key (\S{40});"), re.compile(r"bound inbox=(tcp://\S+);")
 

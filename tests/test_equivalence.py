@@ -7,12 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from exmachina.config import load_config
 from exmachina.data import datasets
 from exmachina.model import parameters
 from exmachina.model.parameters import Parameters
 from exmachina.model.reference import Reference
-from tests.conftest import run_learn, write_config, xor_config
+from tests.helpers import assert_same_parameters, reference_after, run_learn, write_config, xor_config
 
 
 def random_csv(path, rows: int, inputs: int, targets: int, one_hot: bool, seed: int = 0) -> None:
@@ -87,25 +86,6 @@ TOPOLOGIES = {
 }
 
 
-def reference_after(config_path, epochs: int | None = None) -> tuple[Reference, object]:
-    config = load_config(config_path)
-    data = datasets.load(config)
-    train, _ = datasets.split(data, config.data.holdout, config.seed)
-    t = config.training
-    reference = Reference(parameters.initial(config), t.loss, t.learning_rate)
-    for epoch in range(epochs or t.epochs):
-        reference.train_epoch(train, epoch, config.seed, t.shuffle, batch_size=t.batch_size)
-    return reference, config
-
-
-def assert_same_parameters(got: Parameters, want: Parameters, atol: float = 1e-9) -> None:
-    assert got.sizes == want.sizes
-    for layer, (a, b) in enumerate(zip(got.axons, want.axons)):
-        np.testing.assert_allclose(a, b, rtol=0, atol=atol, err_msg=f"axons of layer {layer}")
-    for layer, (a, b) in enumerate(zip(got.biases, want.biases)):
-        np.testing.assert_allclose(a, b, rtol=0, atol=atol, err_msg=f"biases of layer {layer}")
-
-
 @pytest.mark.parametrize("name", TOPOLOGIES)
 def test_process_network_equals_reference(tmp_path, name):
     random_csv(tmp_path / "onehot.csv", rows=30, inputs=3, targets=2, one_hot=True)
@@ -140,7 +120,7 @@ def test_same_seed_gives_bit_identical_weights(tmp_path):
 
 def test_reference_learns_xor():
     from exmachina.config import config_from_dict
-    from tests.conftest import xor_config as make
+    from tests.helpers import xor_config as make
 
     config = config_from_dict(make())
     reference = Reference(parameters.initial(config), "squared_error", 0.5)

@@ -21,7 +21,7 @@ from exmachina.config import config_from_dict
 from exmachina.model.parameters import Parameters, initial
 from exmachina.rundir.logs import close_log, open_log
 from exmachina.tools.logview import Source
-from tests.conftest import run_learn, start_learn, wait_for, write_config, xor_config
+from tests.helpers import run_learn, start_learn, wait_for, write_config, xor_config
 
 NEURONS = ["input.0", "input.1", "hidden1.0", "hidden1.1", "hidden1.2", "output.0"]
 STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6} ")

@@ -15,23 +15,23 @@ import zmq
 from exmachina.model.parameters import Parameters
 from exmachina.network import wire
 from exmachina.network.rehearsal import rehearse
-from tests.conftest import exmachina_processes, start_learn, wait_for, write_config
-from tests.conftest import xor_config as make
-from tests.test_equivalence import assert_same_parameters, reference_after
+from tests.helpers import (
+    assert_same_parameters,
+    exmachina_processes,
+    reference_after,
+    run_dir,
+    start_learn,
+    training_underway,
+    wait_for,
+    write_config,
+)
+from tests.helpers import xor_config as make
 
 ONE = wire.payload(np.array([0.5]))
 
 
 def long_xor(tmp_path, epochs: int = 600, **runtime):
     return write_config(tmp_path, make(training={"learning_rate": 0.5, "epochs": epochs}, runtime=runtime))
-
-
-def run_dir(tmp_path):
-    return wait_for(lambda: next((tmp_path / "runs").glob("xor-*"), None))
-
-
-def training_underway(tmp_path):
-    return wait_for(lambda: (run_dir(tmp_path) / "metrics.jsonl").exists(), timeout=30)
 
 
 def test_garbage_on_a_live_neurons_sockets_is_dropped_and_changes_nothing(tmp_path, no_leftovers):

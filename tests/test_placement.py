@@ -17,7 +17,7 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.conftest import REPO, run_learn, start_learn, wait_for, write_config, xor_config
+from tests.helpers import REPO, run_learn, start_learn, wait_for, write_config, xor_config
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'exmachina[ray]')")
 from ray.cluster_utils import Cluster  # noqa: E402

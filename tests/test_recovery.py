@@ -20,8 +20,15 @@ from hypothesis import strategies as st
 from exmachina.model.parameters import Parameters
 from exmachina.network import wire
 from exmachina.rundir import checkpoints
-from tests.conftest import start_learn, wait_for, write_config, xor_config
-from tests.test_equivalence import assert_same_parameters, reference_after
+from tests.helpers import (
+    assert_same_parameters,
+    reference_after,
+    run_dir,
+    start_learn,
+    wait_for,
+    write_config,
+    xor_config,
+)
 
 NEURONS = ["input.0", "input.1", "hidden1.0", "hidden1.1", "hidden1.2", "output.0"]
 
@@ -33,10 +40,6 @@ def config(tmp_path, epochs=600, **runtime):
             training={"learning_rate": 0.5, "epochs": epochs}, runtime={"checkpoint_every": 20, **runtime}
         ),
     )
-
-
-def run_dir(tmp_path):
-    return wait_for(lambda: next((tmp_path / "runs").glob("xor-*"), None))
 
 
 def metrics(tmp_path):
@@ -297,8 +300,6 @@ def test_chaos_during_a_small_digits_run(tmp_path):
     """256-8-10 on 60 Semeion rows (mini-batches of 4, so it runs in seconds here): a random neuron
     of any layer is killed three times; the run completes and still learns (the reference reaches
     77% on these rows; chance is 10%)."""
-    from tests.conftest import SHARED_DATA
-
     layers = [{"name": "input", "size": 256}, {"name": "hidden", "size": 8}, {"name": "output", "size": 10}]
     path = write_config(
         tmp_path,
@@ -307,7 +308,7 @@ def test_chaos_during_a_small_digits_run(tmp_path):
             "seed": 1,
             "network": {"layers": layers},
             "training": {"learning_rate": 2.0, "epochs": 12, "batch_size": 4},
-            "data": {"source": "semeion", "path": str(SHARED_DATA), "limit": 60},
+            "data": {"source": "semeion", "limit": 60},
             "runtime": {"checkpoint_every": 10, "max_restarts": 20, "log_level": "warning"},
         },
     )

@@ -21,14 +21,14 @@ import numpy as np
 import pytest
 
 from exmachina.config import load_config
-from exmachina.data import datasets
+from exmachina.data import SEMEION_DATA, datasets
 from exmachina.model.activations import LOSSES, accuracy
 from exmachina.model.parameters import Parameters
 from exmachina.model.reference import Reference
 from exmachina.rundir.directory import RunDir, write_json
 from exmachina.tools import report, viewer
 from exmachina.tools.viewer import make_server, picture_shape, state
-from tests.conftest import SHARED_DATA, run_learn, wait_for, write_config
+from tests.helpers import run_learn, wait_for, write_config
 
 HIDDEN, PIXELS, CLASSES = 8, 256, 10
 PER_DIGIT = 3  # 30 rows: three of each digit (the file is sorted by digit: its first 30 rows are 0s and 1s)
@@ -53,10 +53,8 @@ CHROMIUM_FLAGS = [
 def semeion(tmp_path_factory) -> tuple[RunDir, Path]:
     """One run of 256-8-10 on 30 Semeion digits (6 held out), 1 epoch, a snapshot every 5 samples:
     275 processes, trained to completion before the first test; nothing is left running."""
-    if not SHARED_DATA.exists():
-        pytest.skip(f"the Semeion data is not at {SHARED_DATA}")
     directory = tmp_path_factory.mktemp("semeion")
-    lines = [line for line in SHARED_DATA.read_text().splitlines() if line.strip()]
+    lines = [line for line in SEMEION_DATA.read_text().splitlines() if line.strip()]
     labels = [int(np.argmax([float(v) for v in line.split()[PIXELS:]])) for line in lines]
     rows = sorted(
         i for digit in range(CLASSES) for i in [r for r, y in enumerate(labels) if y == digit][:PER_DIGIT]
