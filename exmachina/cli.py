@@ -56,7 +56,7 @@ def report(run: Annotated[str | None, typer.Argument(help=RUN_HELP, show_default
 RunArg = Annotated[str | None, typer.Argument(help=RUN_HELP, show_default=False)]
 
 
-def _inspecting(job) -> None:  # noqa: ANN001 - a callable returning an exit code
+def _inspecting(job) -> None:
     """Run one inspection command: its own failures are one line and exit 2, Ctrl-C a quiet stop."""
     import contextlib
     import os

@@ -80,7 +80,7 @@ class Zygote:
         self._started_with: tuple[str, list[str]] | None = None  # the zygote's cwd and sys.path
         self._lock = threading.Lock()
 
-    def Process(  # noqa: N802  (multiprocessing's name)
+    def Process(  # multiprocessing's name
         self, target: Callable[..., Any], args: tuple = (), name: str = "", daemon: bool = False
     ) -> ZygoteProcess:
         return ZygoteProcess(self, target, args)
@@ -269,7 +269,7 @@ def main(fd: int) -> None:
             module = importlib.import_module(name)
             if function:  # a warm-up, run once here rather than in every child
                 getattr(module, function)()
-        except BaseException as exc:  # noqa: BLE001  (reported to the supervisor, which raises it)
+        except BaseException as exc:  # reported to the supervisor, which raises it
             _send_frame(control, f"{entry!r}: {type(exc).__name__}: {exc}".encode())
             return
     if setup["title"]:
@@ -346,7 +346,7 @@ def _child(data_r: int, inherited: list[int]) -> None:
         for thread in threading.enumerate():  # as the interpreter would at exit
             if thread is not threading.current_thread() and not thread.daemon:
                 thread.join()
-    except BaseException:  # noqa: BLE001
+    except BaseException:
         traceback.print_exc()
     finally:
         with contextlib.suppress(Exception):

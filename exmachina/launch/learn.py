@@ -69,7 +69,7 @@ def find_resumption(run: RunDir, config: Config) -> Resumption:
     return Resumption(run, count, parameters, position)
 
 
-def learn(config_path: str | Path | None = None, resume: str | Path | None = None, out=print) -> int:  # noqa: ANN001
+def learn(config_path: str | Path | None = None, resume: str | Path | None = None, out=print) -> int:
     """Train a config through the process network (or resume a run); returns the exit code."""
     try:
         resumption = None
@@ -106,7 +106,7 @@ def _learn(
     sockets: Path | None,
     host: str,
     resumption: Resumption | None,
-    out,  # noqa: ANN001
+    out,
 ) -> int:
     """`host`: the address tcp processes bind here (this Ray node's address on a Ray placement)."""
     try:

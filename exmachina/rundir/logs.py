@@ -44,7 +44,7 @@ class Log:
         if self.level < OFF:
             self._open()
 
-    def isEnabledFor(self, level: int) -> bool:  # noqa: N802  (logging.Logger's name)
+    def isEnabledFor(self, level: int) -> bool:  # logging.Logger's name
         return level >= self.level
 
     def debug(self, message: str, *args: object) -> None:

@@ -234,7 +234,7 @@ def show_trace(run: str | None, sample: int) -> int:
     return 0
 
 
-def _notes(out, seen: dict[str, Seen], worst: list[tuple[float, str]], negative: list[str]) -> None:  # noqa: ANN001
+def _notes(out, seen: dict[str, Seen], worst: list[tuple[float, str]], negative: list[str]) -> None:
     if worst:
         lag, where = max(worst)
         out.print(f"slowest hop: {where}, {lag:.3f} ms")
