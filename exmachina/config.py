@@ -100,7 +100,7 @@ class PlacementConfig:
     # layer when `layers` is given, else round robin over `nodes`)
     max_restarts: int = 5  # ray: how many times Ray restarts a neuron's actor that died
     # ray: seconds for every actor to start and say hello (default: 60 + 2 per neuron). Ray starts
-    # worker processes a few at a time (as many as a node has CPUs), each a second or more here.
+    # worker processes a few at a time (as many as a node has CPUs), and each is slow to start.
     startup_timeout: float | None = None
 
     def node_of(self, neuron: str, layer: str, index: int) -> str | None:
