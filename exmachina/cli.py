@@ -67,7 +67,7 @@ MODEL_HELP = "a run directory, a run's name under runs/, latest (the default) or
 ModelArg = Annotated[str | None, typer.Argument(help=MODEL_HELP, show_default=False)]
 
 
-def _using(job) -> None:  # noqa: ANN001 - a callable returning an exit code
+def _using(job) -> None:
     """Run one model command: a bad run, file or width is one line on stderr and exit 2."""
     from exmachina.config import ConfigError
     from exmachina.data.datasets import DatasetError
@@ -117,7 +117,7 @@ def evaluate(
 # -- looking inside a run: logs, inspect, ps, trace (exmachina/tools/inspection.py, ps.py, trace.py) ---
 
 
-def _inspecting(job) -> None:  # noqa: ANN001 - a callable returning an exit code
+def _inspecting(job) -> None:
     """Run one inspection command: its own failures are one line and exit 2, Ctrl-C a quiet stop."""
     import contextlib
     import os

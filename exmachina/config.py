@@ -10,6 +10,7 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -100,7 +101,7 @@ class PlacementConfig:
     # layer when `layers` is given, else round robin over `nodes`)
     max_restarts: int = 5  # ray: how many times Ray restarts a neuron's actor that died
     # ray: seconds for every actor to start and say hello (default: 60 + 2 per neuron). Ray starts
-    # worker processes a few at a time (as many as a node has CPUs), each a second or more here.
+    # worker processes a few at a time (as many as a node has CPUs), and each is slow to start.
     startup_timeout: float | None = None
 
     def node_of(self, neuron: str, layer: str, index: int) -> str | None:
@@ -242,56 +243,131 @@ def _kind(value: Any) -> str:
 
 
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """`value` as the type `hint` asks for, checked all the way down; ConfigError naming `key` if not."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(value, inner, key, source)
-    if origin is Literal:
-        if isinstance(value, bool) and {"on", "off"} <= set(args):
-            value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
-        if value not in args:
-            _fail(source, key, f"must be one of {', '.join(map(str, args))}, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            _fail(source, key, f"expected a list, got {_kind(value)}")
-        return [_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            _fail(source, key, f"expected a mapping, got {_kind(value)}")
-        return {
-            _coerce(k, args[0], key, source): _coerce(v, args[1], f"{key}.{k}", source)
-            for k, v in value.items()
-        }
-    if origin is tuple:
-        if not isinstance(value, list | tuple) or len(value) != len(args):
-            _fail(source, key, f"expected a list of {len(args)} numbers, got {value!r}")
-        return tuple(_coerce(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+    if origin in _GENERICS:
+        return _GENERICS[origin](value, args, key, source)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key, source)
-    if hint is bool:
-        if not isinstance(value, bool):
-            _fail(source, key, f"expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            _fail(source, key, f"expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            _fail(source, key, f"expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            _fail(source, key, f"expected a string, got {value!r}")
-        return value
+    if hint in _SCALARS:
+        accepts, expected = _SCALARS[hint]
+        if not accepts(value):
+            _fail(source, key, f"expected {expected}, got {value!r}")
+        return float(value) if hint is float else value
     raise TypeError(f"config schema has an unsupported type {hint!r} at {key}")
 
 
+def _coerce_literal(value: Any, args: tuple, key: str, source: str) -> Any:
+    if isinstance(value, bool) and {"on", "off"} <= set(args):
+        value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
+    if value not in args:
+        _fail(source, key, f"must be one of {', '.join(map(str, args))}, got {value!r}")
+    return value
+
+
+def _coerce_list(value: Any, args: tuple, key: str, source: str) -> list:
+    if not isinstance(value, list):
+        _fail(source, key, f"expected a list, got {_kind(value)}")
+    return [_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
+
+
+def _coerce_dict(value: Any, args: tuple, key: str, source: str) -> dict:
+    if not isinstance(value, dict):
+        _fail(source, key, f"expected a mapping, got {_kind(value)}")
+    return {
+        _coerce(k, args[0], key, source): _coerce(v, args[1], f"{key}.{k}", source) for k, v in value.items()
+    }
+
+
+def _coerce_tuple(value: Any, args: tuple, key: str, source: str) -> tuple:
+    if not isinstance(value, list | tuple) or len(value) != len(args):
+        _fail(source, key, f"expected a list of {len(args)} numbers, got {value!r}")
+    return tuple(_coerce(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+
+
+_GENERICS: dict[Any, Callable[[Any, tuple, str, str], Any]] = {
+    Literal: _coerce_literal,
+    list: _coerce_list,
+    dict: _coerce_dict,
+    tuple: _coerce_tuple,
+}
+# scalar type -> (whether a YAML value is one, what the message says was expected); YAML's true and
+# false are ints to Python, so neither numeric type takes them
+_SCALARS: dict[type, tuple[Callable[[Any], bool], str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+}
+
+
 def _check(c: Config) -> None:
-    """Rules that span keys, each failing on the key a person would edit."""
+    """Rules that span keys, each failing on the key a person would edit. They run in this order, so
+    that of several faults the first one a person would look for is the one reported."""
+    _check_layers(c)
+    _check_bounds(c, "training")
+    _check_loss(c)
+    _check_data(c)
+    _check_bounds(c, "data")
+    _check_runtime(c)
+    _check_bounds(c, "runtime")
+    _check_placement(c)
+    if c.uses_curve:
+        import zmq
+
+        if not zmq.has("curve"):
+            _fail(c.source, "runtime.curve", "this libzmq has no CURVE support: set curve: off")
+    assert set(ACTIVATIONS) == set(typing.get_args(ActivationName))
+
+
+def _positive(v: float) -> bool:
+    return v > 0  # NaN is not
+
+
+def _at_least(n: int) -> Callable[[float], bool]:
+    return lambda v: v >= n
+
+
+# Keys whose rule is a bound on their own value: section -> (key, holds, message; {} is the value).
+# An optional key left out (None) passes.
+_BOUNDS: dict[str, tuple[tuple[str, Callable[[Any], bool], str], ...]] = {
+    "training": (
+        ("learning_rate", _positive, "must be positive, got {}"),
+        ("epochs", _at_least(1), "must be at least 1, got {}"),
+        ("batch_size", _at_least(1), "must be at least 1, got {}"),
+        ("max_in_flight", _at_least(1), "must be at least 1, got {}"),
+        ("stall_timeout", _positive, "must be positive"),
+    ),
+    "data": (
+        ("targets", _at_least(1), "must be at least 1, got {}"),
+        ("holdout", lambda v: 0.0 <= v < 1.0, "must be in [0, 1), got {}"),
+        ("limit", _at_least(1), "must be at least 1, got {}"),
+    ),
+    "runtime": (
+        ("log_backups", _at_least(1), "must be at least 1 (a log rotates into its backups), got {}"),
+        ("stats_interval", _positive, "must be positive"),
+    ),
+    "placement": (
+        ("startup_timeout", _positive, "must be positive, got {}"),
+        ("max_restarts", _at_least(0), "must be >= 0, got {}"),
+    ),
+}
+
+
+def _check_bounds(c: Config, section: str) -> None:
+    for name, holds, message in _BOUNDS[section]:
+        value = getattr(getattr(c, section), name)
+        if value is not None and not holds(value):
+            _fail(c.source, f"{section}.{name}", message.format(value))
+
+
+def _check_layers(c: Config) -> None:
+    """The run's name, then each layer's size, name and bias range, then the network's ranges."""
     s = c.source
     if not _NAME.match(c.name):
         _fail(s, "name", f"must match {_NAME.pattern} (it names the run directory), got {c.name!r}")
@@ -308,64 +384,40 @@ def _check(c: Config) -> None:
         if layer.name in seen or layer.name == "coordinator":
             _fail(s, f"{key}.name", f"layer name {layer.name!r} is already taken")
         seen.add(layer.name)
-        for attr in ("bias_init",):
-            rng = getattr(layer, attr)
-            if rng is not None and rng[0] > rng[1]:
-                _fail(s, f"{key}.{attr}", f"low end above high end: {list(rng)}")
+        if layer.bias_init is not None and layer.bias_init[0] > layer.bias_init[1]:
+            _fail(s, f"{key}.bias_init", f"low end above high end: {list(layer.bias_init)}")
     for key in ("weight_init", "bias_init"):
         lo, hi = getattr(c.network, key)
         if lo > hi:
             _fail(s, f"network.{key}", f"low end above high end: [{lo}, {hi}]")
-    t = c.training
-    if not t.learning_rate > 0:
-        _fail(s, "training.learning_rate", f"must be positive, got {t.learning_rate}")
-    if t.epochs < 1:
-        _fail(s, "training.epochs", f"must be at least 1, got {t.epochs}")
-    if t.batch_size < 1:
-        _fail(s, "training.batch_size", f"must be at least 1, got {t.batch_size}")
-    if t.max_in_flight < 1:
-        _fail(s, "training.max_in_flight", f"must be at least 1, got {t.max_in_flight}")
-    if t.stall_timeout <= 0:
-        _fail(s, "training.stall_timeout", "must be positive")
-    if LOSSES[t.loss].needs_identity_outputs and c.activation(len(layers) - 1) != "identity":
+
+
+def _check_loss(c: Config) -> None:
+    last = len(c.network.layers) - 1
+    if LOSSES[c.training.loss].needs_identity_outputs and c.activation(last) != "identity":
         _fail(
-            s,
-            f"network.layers[{len(layers) - 1}].activation",
-            f"loss {t.loss} takes raw logits: the output layer must use activation identity",
+            c.source,
+            f"network.layers[{last}].activation",
+            f"loss {c.training.loss} takes raw logits: the output layer must use activation identity",
         )
-    d = c.data
+
+
+def _check_data(c: Config) -> None:
+    s, d = c.source, c.data
     if d.source in FILE_SOURCES and c.data_path() is None:
         _fail(s, "data.path", f"the {d.source} source needs a file path")
     if d.source not in FILE_SOURCES and d.path is not None:
         _fail(s, "data.path", f"the built-in source {d.source!r} takes no path")
     if (d.source == "csv") != (d.targets is not None):
         _fail(s, "data.targets", "give the number of target columns for a csv source, and only for it")
-    if d.targets is not None and d.targets < 1:
-        _fail(s, "data.targets", f"must be at least 1, got {d.targets}")
-    if not 0.0 <= d.holdout < 1.0:
-        _fail(s, "data.holdout", f"must be in [0, 1), got {d.holdout}")
-    if d.limit is not None and d.limit < 1:
-        _fail(s, "data.limit", f"must be at least 1, got {d.limit}")
-    r = c.runtime
+
+
+def _check_runtime(c: Config) -> None:
+    s, r = c.source, c.runtime
     if r.max_restarts < 0 or r.restart_period <= 0:
         _fail(s, "runtime.max_restarts", "restart intensity needs max_restarts >= 0 and restart_period > 0")
     if r.snapshot_every < 0 or r.checkpoint_every < 0:
         _fail(s, "runtime.checkpoint_every", "snapshot_every and checkpoint_every must be >= 0")
-    if r.log_backups < 1:
-        _fail(
-            s,
-            "runtime.log_backups",
-            f"must be at least 1 (a log rotates into its backups), got {r.log_backups}",
-        )
-    if r.stats_interval <= 0:
-        _fail(s, "runtime.stats_interval", "must be positive")
-    _check_placement(c)
-    if c.uses_curve:
-        import zmq
-
-        if not zmq.has("curve"):
-            _fail(s, "runtime.curve", "this libzmq has no CURVE support: set curve: off")
-    assert set(ACTIVATIONS) == set(typing.get_args(ActivationName))
 
 
 def _check_placement(c: Config) -> None:
@@ -377,6 +429,14 @@ def _check_placement(c: Config) -> None:
         return
     if c.runtime.transport != "tcp":
         _fail(s, "runtime.transport", "neurons on several hosts need transport: tcp (ipc is one host)")
+    _check_placement_names(c)
+    _check_placement_rule(c)
+    _check_bounds(c, "placement")
+
+
+def _check_placement_names(c: Config) -> None:
+    """Every layer and neuron a ray placement names exists."""
+    s, p = c.source, c.placement
     layer_names = [layer.name for layer in c.network.layers]
     for name in p.layers:
         if name not in layer_names:
@@ -385,17 +445,18 @@ def _check_placement(c: Config) -> None:
     for nid in p.neurons:
         if nid not in ids:
             _fail(s, f"placement.neurons.{nid}", "no such neuron (ids are layer.index, e.g. hidden.0)")
+
+
+def _check_placement_rule(c: Config) -> None:
+    """A ray placement's rule has what it deals neurons by."""
+    s, p = c.source, c.placement
     if p.rule == "round_robin" and not p.nodes:
         _fail(s, "placement.nodes", "round_robin needs the list of node labels to deal neurons over")
     if p.rule == "by_layer":
-        missing = [name for name in layer_names if name not in p.layers]
+        missing = [layer.name for layer in c.network.layers if layer.name not in p.layers]
         if missing:
             _fail(
                 s, "placement.layers", f"by_layer needs a node for each layer, none for {', '.join(missing)}"
             )
     if p.rule == "explicit" and not p.neurons:
         _fail(s, "placement.neurons", "explicit needs a mapping of neuron id -> node label")
-    if p.startup_timeout is not None and p.startup_timeout <= 0:
-        _fail(s, "placement.startup_timeout", f"must be positive, got {p.startup_timeout}")
-    if p.max_restarts < 0:
-        _fail(s, "placement.max_restarts", f"must be >= 0, got {p.max_restarts}")

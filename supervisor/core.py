@@ -280,6 +280,19 @@ class Supervisor:
         """Handle every child that has exited; return a reason to end the run, or None to keep going."""
         if self._stop_requested or self._state != "running":
             return "stop_requested"
+        to_restart, ended = self._collect_exits()
+        if self._significant_exit(ended):
+            return "significant_exit"
+        if not self._restart(to_restart):
+            return "intensity_exceeded"
+        if self._state != "running":  # an on_event callback called stop()
+            return "stop_requested"
+        if not self._running:
+            return "all_exited"
+        return None
+
+    def _collect_exits(self) -> tuple[list[ChildProcess], list[ChildProcess]]:
+        """Every running child that has exited, reported: (those to restart, those ended for good)."""
         exited = [c for c in self._children.values() if c.id in self._running and not c.is_alive()]
         to_restart: list[ChildProcess] = []
         ended: list[ChildProcess] = []
@@ -291,21 +304,13 @@ class Supervisor:
             else:
                 self._finished.add(child.id)
                 ended.append(child)
+        return to_restart, ended
 
-        if self._significant_exit(ended):
-            return "significant_exit"
-        if to_restart and self._strategy == "one_for_all":
-            if not self._restart_all(to_restart[0]):
-                return "intensity_exceeded"
-        else:
-            for child in to_restart:
-                if not self._restart_one(child):
-                    return "intensity_exceeded"
-        if self._state != "running":  # an on_event callback called stop()
-            return "stop_requested"
-        if not self._running:
-            return "all_exited"
-        return None
+    def _restart(self, children: list[ChildProcess]) -> bool:
+        """Restart these children as the strategy says; False once restart intensity is exceeded."""
+        if children and self._strategy == "one_for_all":
+            return self._restart_all(children[0])
+        return all(self._restart_one(child) for child in children)
 
     def _significant_exit(self, ended: list[ChildProcess]) -> bool:
         """Whether auto_shutdown fires, given the children that just ended for good on their own."""

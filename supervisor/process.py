@@ -44,9 +44,7 @@ class OsProcess(Protocol):
 class Starter(Protocol):
     """Where processes come from: a multiprocessing context or a `Zygote`."""
 
-    def Process(  # noqa: N802  (multiprocessing's name)
-        self, target: Callable[..., Any], args: tuple, name: str, daemon: bool
-    ) -> OsProcess: ...
+    def Process(self, target: Callable[..., Any], args: tuple, name: str, daemon: bool) -> OsProcess: ...
 
 
 def _bootstrap(spec: ChildSpec, supervisor_pid: int | None) -> None:

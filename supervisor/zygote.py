@@ -2,9 +2,8 @@
 
 The forkserver pattern, kept lean. multiprocessing's forkserver does the same job, but each child it
 forks then runs the spawn machinery before its target (preparation data, sys.path/argv/cwd fix-ups, a
-second unpickling, stdin reopened, after-fork hooks): about 1.1 MB of unique memory and a few
-milliseconds of CPU per child, measured on a neuron. A zygote child reads its pickled target from a
-pipe and calls it.
+second unpickling, stdin reopened, after-fork hooks), which costs every child unique memory and CPU.
+A zygote child reads its pickled target from a pipe and calls it.
 
 The wire, one request at a time (the supervisor holds a lock):
   supervisor -> zygote   "F" (fork), with two descriptors attached (SCM_RIGHTS): the read end of a
@@ -80,7 +79,7 @@ class Zygote:
         self._started_with: tuple[str, list[str]] | None = None  # the zygote's cwd and sys.path
         self._lock = threading.Lock()
 
-    def Process(  # noqa: N802  (multiprocessing's name)
+    def Process(  # multiprocessing's name
         self, target: Callable[..., Any], args: tuple = (), name: str = "", daemon: bool = False
     ) -> ZygoteProcess:
         return ZygoteProcess(self, target, args)
@@ -263,15 +262,10 @@ def main(fd: int) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)  # a Python handler, so that SIGCHLD writes to wake_w
     setup = pickle.loads(_recv_frame(control))
     sys.path[:] = setup["sys_path"]
-    for entry in setup["preload"]:
-        name, _, function = entry.partition(":")
-        try:
-            module = importlib.import_module(name)
-            if function:  # a warm-up, run once here rather than in every child
-                getattr(module, function)()
-        except BaseException as exc:  # noqa: BLE001  (reported to the supervisor, which raises it)
-            _send_frame(control, f"{entry!r}: {type(exc).__name__}: {exc}".encode())
-            return
+    failure = _preload(setup["preload"])
+    if failure is not None:  # reported to the supervisor, which raises it
+        _send_frame(control, failure.encode())
+        return
     if setup["title"]:
         import setproctitle
 
@@ -280,46 +274,86 @@ def main(fd: int) -> None:
     # walks, which would copy each page of the preloaded modules into each child: frozen ones it skips.
     gc.freeze()
     _send_frame(control, b"ok")
-    exits: dict[int, int] = {}  # live child pid -> write end of its exit pipe
-    adopted: set[int] = set()  # pidfds of live children of a previous zygote
     with selectors.DefaultSelector() as selector:
+        _Forker(control, selector, wake_r, wake_w).serve()
+
+
+def _preload(entries: list[str]) -> str | None:
+    """Import each module (and run its warm-up function, "module:function"); what failed, if any."""
+    for entry in entries:
+        name, _, function = entry.partition(":")
+        try:
+            module = importlib.import_module(name)
+            if function:  # a warm-up, run once here rather than in every child
+                getattr(module, function)()
+        except BaseException as exc:
+            return f"{entry!r}: {type(exc).__name__}: {exc}"
+    return None
+
+
+class _Forker:
+    """The zygote's loop: fork on "F", watch adopted children on "A", reap children as they end, and
+    end them all if the supervisor goes away without a "Q"."""
+
+    def __init__(
+        self, control: socket.socket, selector: selectors.BaseSelector, wake_r: int, wake_w: int
+    ) -> None:
+        self.control, self.selector, self.wake_r, self.wake_w = control, selector, wake_r, wake_w
+        self.exits: dict[int, int] = {}  # live child pid -> write end of its exit pipe
+        self.adopted: set[int] = set()  # pidfds of live children of a previous zygote
         selector.register(control, selectors.EVENT_READ)
         selector.register(wake_r, selectors.EVENT_READ)
+
+    def serve(self) -> None:
         while True:
-            ready = {key.fileobj for key, _ in selector.select()}
-            if wake_r in ready:
-                _drain(wake_r)
-                _reap(exits)
-            for pidfd in adopted & ready:  # an adopted child ended (its own parent reaps it)
-                selector.unregister(pidfd)
-                adopted.discard(pidfd)
+            ready = {key.fileobj for key, _ in self.selector.select()}
+            if self.wake_r in ready:
+                _drain(self.wake_r)
+                _reap(self.exits)
+            for pidfd in self.adopted & ready:  # an adopted child ended (its own parent reaps it)
+                self.selector.unregister(pidfd)
+                self.adopted.discard(pidfd)
                 os.close(pidfd)
-            if control in ready:
-                try:
-                    message, fds, _, _ = socket.recv_fds(control, 1, 2)
-                except OSError:  # reset: the supervisor died with our reply unread
-                    message, fds = b"", []
-                if message == ADOPT:
-                    adopted.update(fds)
-                    for pidfd in fds:
-                        selector.register(pidfd, selectors.EVENT_READ)
-                    continue
-                if message != FORK:
-                    if message != QUIT:  # the socket closed unasked: the supervisor died
-                        _end_orphans(exits, adopted, wake_r)
-                    break
-                data_r, exit_w = fds
-                pid = os.fork()
-                if pid == 0:
-                    zygote_fds = [control.fileno(), selector.fileno(), wake_r, wake_w, *adopted]
-                    _child(data_r, [*zygote_fds, exit_w, *exits.values()])
-                exits[pid] = exit_w
-                os.close(data_r)
-                try:
-                    control.sendall(PID.pack(pid))
-                except OSError:  # the supervisor died
-                    _end_orphans(exits, adopted, wake_r)
-                    break
+            if self.control in ready and not self._request():
+                return
+
+    def _request(self) -> bool:
+        """Answer one request from the supervisor; False once there will be no more."""
+        try:
+            message, fds, _, _ = socket.recv_fds(self.control, 1, 2)
+        except OSError:  # reset: the supervisor died with our reply unread
+            message, fds = b"", []
+        if message == ADOPT:
+            self.adopted.update(fds)
+            for pidfd in fds:
+                self.selector.register(pidfd, selectors.EVENT_READ)
+            return True
+        if message != FORK:
+            if message != QUIT:  # the socket closed unasked: the supervisor died
+                _end_orphans(self.exits, self.adopted, self.wake_r)
+            return False
+        return self._fork(*fds)
+
+    def _fork(self, data_r: int, exit_w: int) -> bool:
+        """Fork a child that reads its target from `data_r`; False if the supervisor died meanwhile."""
+        pid = os.fork()
+        if pid == 0:
+            zygote_fds = [
+                self.control.fileno(),
+                self.selector.fileno(),
+                self.wake_r,
+                self.wake_w,
+                *self.adopted,
+            ]
+            _child(data_r, [*zygote_fds, exit_w, *self.exits.values()])
+        self.exits[pid] = exit_w
+        os.close(data_r)
+        try:
+            self.control.sendall(PID.pack(pid))
+        except OSError:  # the supervisor died
+            _end_orphans(self.exits, self.adopted, self.wake_r)
+            return False
+        return True
 
 
 def _child(data_r: int, inherited: list[int]) -> None:
@@ -346,7 +380,7 @@ def _child(data_r: int, inherited: list[int]) -> None:
         for thread in threading.enumerate():  # as the interpreter would at exit
             if thread is not threading.current_thread() and not thread.daemon:
                 thread.join()
-    except BaseException:  # noqa: BLE001
+    except BaseException:
         traceback.print_exc()
     finally:
         with contextlib.suppress(Exception):

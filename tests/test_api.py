@@ -225,7 +225,7 @@ def test_a_bad_override_raises_config_error_naming_the_key_and_starts_nothing(tm
     with pytest.raises(ConfigError, match=re.escape(f"{path}: {key}:")):
         exmachina.learn(path, **overrides)
     assert not (tmp_path / "runs").exists()
-    with pytest.raises(ConfigError, match="<memory>: training.epochs"):
+    with pytest.raises(ConfigError, match=r"<memory>: training\.epochs"):
         exmachina.start(xor_config(training={"learning_rate": 0.5, "epochs": 0}))
 
 

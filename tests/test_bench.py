@@ -15,12 +15,12 @@ from dataclasses import replace
 import pytest
 from rich.console import Console
 
+from exmachina.bench import baselines, profiles, render, runs, suite, tasks
 from exmachina.bench import ipc as bench_ipc
-from exmachina.bench import suite as bench
 from exmachina.network import transport, wire
 
 TINY = replace(
-    bench.QUICK,
+    profiles.QUICK,
     name="tiny",
     transport_messages=2_000,
     round_trips=100,
@@ -34,29 +34,29 @@ TINY = replace(
 
 
 def test_the_cores_rows_double_up_to_every_usable_core():
-    assert bench.core_counts(1) == [1]
-    assert bench.core_counts(2) == [1, 2]
-    assert bench.core_counts(6) == [1, 2, 4, 6]
-    assert bench.core_counts(16) == [1, 2, 4, 8, 16]
+    assert suite.core_counts(1) == [1]
+    assert suite.core_counts(2) == [1, 2]
+    assert suite.core_counts(6) == [1, 2, 4, 6]
+    assert suite.core_counts(16) == [1, 2, 4, 8, 16]
 
 
 def test_messages_per_batch_counts_every_link_both_ways():
     # coordinator->2 inputs, 2x2, 2x1, output->coordinator = 9 links, forward and back
-    assert bench.messages_per_batch([2, 2, 1]) == 18
-    assert bench.messages_per_batch([256, 8, 10]) == 2 * (256 + 256 * 8 + 8 * 10 + 10)
-    assert bench.messages_per_batch([3, 4, 3, 2]) == 2 * (3 + 12 + 12 + 6 + 2)
+    assert tasks.messages_per_batch([2, 2, 1]) == 18
+    assert tasks.messages_per_batch([256, 8, 10]) == 2 * (256 + 256 * 8 + 8 * 10 + 10)
+    assert tasks.messages_per_batch([3, 4, 3, 2]) == 2 * (3 + 12 + 12 + 6 + 2)
 
 
 @pytest.mark.timeout(60)
 def test_transport_ceiling_and_round_trip(no_leftovers):
-    ceiling = bench.transport_ceiling(3_000, no_leftovers, timeout=30)
+    ceiling = baselines.transport_ceiling(3_000, no_leftovers, timeout=30)
     assert ceiling["messages"] == 3_000 and ceiling["seconds"] > 0
     assert math.isclose(ceiling["messages_per_s"], 3_000 / ceiling["seconds"])
     assert ceiling["message_bytes"] == len(bench_ipc.synapse_message(0)) < 32
     assert wire.decode(bench_ipc.synapse_message(7)) == wire.Activity(wire.FORWARD, 7, 0, bytes(8))
     assert bench_ipc.HIGH_WATER_MARK == transport.HIGH_WATER_MARK
     assert (bench_ipc.FORWARD, bench_ipc.BACKWARD, bench_ipc.STOP) == (wire.FORWARD, wire.BACKWARD, wire.STOP)
-    latency = bench.ipc_latency(200, no_leftovers, timeout=30)
+    latency = baselines.ipc_latency(200, no_leftovers, timeout=30)
     assert latency["round_trips"] == 200
     assert 0 < latency["min_us"] <= latency["median_us"] <= latency["p99_us"]
 
@@ -64,17 +64,17 @@ def test_transport_ceiling_and_round_trip(no_leftovers):
 @pytest.mark.timeout(90)
 def test_bare_network_passes_every_sample_and_leaves_nothing(no_leftovers):
     # 3-4-2: nine bare neuron processes forked by one worker; the fixture proves they are all gone
-    row = bench.bare_network([3, 4, 2], 20, no_leftovers, timeout=60)
+    row = baselines.bare_network([3, 4, 2], 20, no_leftovers, timeout=60)
     assert row["sizes"] == [3, 4, 2] and row["samples"] == 20 and row["seconds"] > 0
     assert math.isclose(row["samples_per_s"], 20 / row["seconds"])
-    assert math.isclose(row["messages_per_s"], row["samples_per_s"] * bench.messages_per_batch([3, 4, 2]))
+    assert math.isclose(row["messages_per_s"], row["samples_per_s"] * tasks.messages_per_batch([3, 4, 2]))
     assert list(no_leftovers.iterdir()) == []
 
 
 @pytest.mark.timeout(90)
 def test_xor_row_and_its_reference(tmp_path, no_leftovers):
-    config = bench.xor_config(8)
-    row = bench.train_network("xor", config, tmp_path / "run", no_leftovers, timeout=60)
+    config = tasks.xor_config(8)
+    row = runs.train_network("xor", config, tmp_path / "run", no_leftovers, timeout=60)
     assert row["status"] == "ok", row
     assert row["samples"] == 8 and row["updates"] == 8
     assert row["samples_per_s"] > 0 and row["in_epoch_samples_per_s"] > 0
@@ -83,29 +83,29 @@ def test_xor_row_and_its_reference(tmp_path, no_leftovers):
     assert row["peak_pss_mb"] > 0
     if row["cpu_us_per_message"] is not None:  # a run this short seldom gets two readings
         assert math.isclose(row["cpu_us_per_message"], row["cpu_s"] / row["cpu_messages"] * 1e6)
-    reference = bench.reference_rate(config, row["samples"], 0.01)
+    reference = tasks.reference_rate(config, row["samples"], 0.01)
     assert reference["samples"] >= 8 and reference["samples_per_s"] > 0 and reference["batch_size"] == 1
 
 
 def test_training_window_uses_readings_inside_training_only():
     readings = [(0, 1.0), (3, 2.0), (7, 4.0), (10, 9.0)]
-    assert bench._training_window(readings, final=10) == (2.0, 4)
-    assert bench._training_window([(0, 1.0), (10, 2.0)], final=10) is None
+    assert runs._training_window(readings, final=10) == (2.0, 4)
+    assert runs._training_window([(0, 1.0), (10, 2.0)], final=10) is None
 
 
 @pytest.mark.timeout(90)
 def test_failed_and_timed_out_rows_are_reported_and_cleaned_up(tmp_path, no_leftovers):
-    b = bench.Bench(TINY, tmp_path, no_leftovers, say=lambda _: None)
-    failed = b.network("missing data", bench.semeion_config(10, tmp_path / "missing.data"), timeout=30)
+    b = suite.Bench(TINY, tmp_path, no_leftovers, say=lambda _: None)
+    failed = b.network("missing data", tasks.semeion_config(10, tmp_path / "missing.data"), timeout=30)
     assert failed["status"] == "failed" and "exit code 2" in failed["error"]
-    slow = b.network("too slow", bench.xor_config(400_000), timeout=4, reference=False)
+    slow = b.network("too slow", tasks.xor_config(400_000), timeout=4, reference=False)
     assert slow["status"] == "failed" and "timed out" in slow["error"]
     assert "socket_files_left" not in slow
 
 
 @pytest.mark.timeout(90)
 def test_startup_probe_100_neurons(tmp_path, no_leftovers):
-    row = bench.startup_probe(100, tmp_path / "run", no_leftovers, timeout=60, settle_s=0.2)
+    row = runs.startup_probe(100, tmp_path / "run", no_leftovers, timeout=60, settle_s=0.2)
     assert row["status"] == "ok" and row["wired"] == 100 and row["neurons_measured"] == 100
     assert row["ready_s"] > row["wiring_s"] > 0
     assert 0 < row["uss_mb_median"] <= row["uss_mb_max"]
@@ -116,14 +116,14 @@ def test_startup_probe_100_neurons(tmp_path, no_leftovers):
 @pytest.mark.timeout(120)
 def test_run_bench_writes_consistent_results(tmp_path, no_leftovers):
     out = tmp_path / "bench" / "results.json"
-    bench.run_bench(TINY, out, say=lambda _: None)
+    suite.run_bench(TINY, out, say=lambda _: None)
     results = json.loads(out.read_text())
     assert results["profile"]["name"] == "tiny"
     machine = results["machine"]
     assert machine["cpu_count"] >= 1 and machine["cpu_model"] and machine["pyzmq"] and machine["libzmq"]
     assert "16-core" in " ".join(results["notes"])
     assert results["socket_files_left"] == []
-    assert bench._failures(results) == []
+    assert render.failures(results) == []
 
     ceiling = results["transport"]["ceiling"]["messages_per_s"]
     assert ceiling > 0 and results["transport"]["latency"]["median_us"] > 0
@@ -139,7 +139,7 @@ def test_run_bench_writes_consistent_results(tmp_path, no_leftovers):
     assert math.isclose(xor["over_bare"], xor["samples_per_s"] / bare["samples_per_s"])
 
     (pair,) = results["cores"]
-    assert pair["counts"] == bench.core_counts(machine["cpus_usable"])
+    assert pair["counts"] == suite.core_counts(machine["cpus_usable"])
     one = pair["cores_1"]
     assert one["cpus"] and len(one["cpus"]) == 1
     for n in pair["counts"][1:]:
@@ -150,21 +150,21 @@ def test_run_bench_writes_consistent_results(tmp_path, no_leftovers):
     assert results["startup"] == [] and "pipelining" not in results
 
     text = io.StringIO()
-    bench.render(results, Console(file=text, width=170))
+    render.render(results, Console(file=text, width=170))
     assert "transport ceiling" in text.getvalue() and "xor 2-2-1 online" in text.getvalue()
     assert "bare 2-2-1" in text.getvalue()
 
 
 @pytest.mark.timeout(120)
 def test_log_levels_take_the_median_of_interleaved_runs(tmp_path, no_leftovers):
-    b = bench.Bench(replace(TINY, log_samples=8), tmp_path, no_leftovers, say=lambda _: None)
+    b = suite.Bench(replace(TINY, log_samples=8), tmp_path, no_leftovers, say=lambda _: None)
     rows = b.logging(rounds=2)
     assert [row["name"] for row in rows] == ["xor log off", "xor log info", "xor log debug"]
     for row in rows:
         assert row["status"] == "ok", row
         assert len(row["runs_samples_per_s"]) == 2 and row["samples_per_s"] in row["runs_samples_per_s"]
     text = io.StringIO()
-    bench.render({**json.loads(json.dumps({"logging": rows})), **_minimal_results()}, Console(file=text))
+    render.render({**json.loads(json.dumps({"logging": rows})), **_minimal_results()}, Console(file=text))
     assert "log levels" in text.getvalue() and "debug" in text.getvalue()
 
 
@@ -177,7 +177,7 @@ def _minimal_results() -> dict:
 
 
 def test_pipelining_reuses_what_training_measured(tmp_path):
-    b = bench.Bench(replace(TINY, k_sweep=(1, 4)), tmp_path, tmp_path, say=lambda _: None)
+    b = suite.Bench(replace(TINY, k_sweep=(1, 4)), tmp_path, tmp_path, say=lambda _: None)
     b.online_by_k = {1: {"name": "256-8-10 online", "status": "ok"}, 4: {"name": "in-flight", "status": "ok"}}
     sweep = b.pipelining(tmp_path / "unused.data")
     assert [(r["k"], r["reused"], r["name"]) for r in sweep] == [

@@ -56,7 +56,7 @@ def test_a_flipped_bit_in_a_weight_is_a_checksum_mismatch(tmp_path):
 def test_a_file_of_another_owner_or_count_is_refused(tmp_path):
     path = checkpoints.save(tmp_path, "hidden1.0", 40, _state())
     path.rename(path.with_name("hidden1.1.000000000040.ckpt"))
-    with pytest.raises(CheckpointError, match="not a checkpoint of hidden1.1 at 40"):
+    with pytest.raises(CheckpointError, match=r"not a checkpoint of hidden1\.1 at 40"):
         checkpoints.load(tmp_path, "hidden1.1", 40)
 
 

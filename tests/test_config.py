@@ -144,3 +144,12 @@ def test_bad_data_rows_are_reported_by_line(tmp_path):
         path.write_text(text + "\n")
         with pytest.raises(DatasetError, match=expected):
             load_semeion(path)
+
+
+def test_a_key_that_must_be_positive_rejects_nan():
+    # YAML's .nan passes every comparison but `> 0`: a NaN stall timeout would never stall
+    for section, key in (("training", "stall_timeout"), ("runtime", "stats_interval")):
+        config = xor_config()
+        config[section] = {**config[section], key: float("nan")}
+        with pytest.raises(ConfigError, match=rf"{section}\.{key}: must be positive"):
+            config_from_dict(config)

@@ -61,7 +61,7 @@ def test_garbage_on_a_live_neurons_sockets_is_dropped_and_changes_nothing(tmp_pa
             link.close()
         finally:
             ctx.term()
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 0, err
@@ -118,7 +118,7 @@ def test_neurons_exit_when_the_supervisor_is_killed(tmp_path):
         assert len(children) >= 7  # 6 neurons, the coordinator (and the zygote)
         proc.kill()  # SIGKILL: the supervisor gets no chance to clean up
         proc.wait(timeout=10)
-        gone, alive = psutil.wait_procs(children, timeout=8)
+        _gone, alive = psutil.wait_procs(children, timeout=8)
         assert not alive, f"orphans: {[p.pid for p in alive]}"
     finally:
         proc.kill()

@@ -105,7 +105,7 @@ def test_a_killed_actor_is_restarted_from_its_checkpoint_and_the_run_goes_on(tmp
         log = wait_for(hidden_log_with_checkpoint, timeout=240, interval=0.5)
         pid = int(re.search(r"start pid=(\d+)", log.read_text())[1])
         os.kill(pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=300)
+        _out, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

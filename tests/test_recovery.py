@@ -79,7 +79,7 @@ def test_a_killed_neuron_is_restarted_from_its_checkpoint_and_training_goes_on(t
         os.kill(old, signal.SIGKILL)
         new = wait_for(lambda: (pid := neuron_pid(proc, victim)) and pid != old and pid, timeout=20)
         assert new != old
-        code, out, err = finish(proc)
+        code, _out, err = finish(proc)
     finally:
         proc.kill()
     assert code == 0, err
@@ -112,7 +112,7 @@ def test_chaos_a_random_neuron_killed_again_and_again(tmp_path):
             kills.append((time.time(), victim))
             # wait until it is back, so that each kill is one clean fault
             wait_for(lambda v=victim, p=pid: (q := neuron_pid(proc, v)) and q != p, timeout=20)
-        code, out, err = finish(proc, timeout=120)
+        code, _out, err = finish(proc, timeout=120)
     finally:
         proc.kill()
     assert code == 0, err
@@ -146,7 +146,7 @@ def test_crash_on_start_is_retried_then_the_run_stops_clearly(tmp_path):
         # a damaged state file under a valid name, newer than any the neuron will write
         (checkpoints.directory(run) / f"hidden1.0.{10**11:012d}.ckpt").write_bytes(b"\x00garbage")
         os.kill(wait_for(lambda: neuron_pid(proc, "hidden1.0")), signal.SIGKILL)
-        code, out, err = finish(proc, timeout=60)
+        code, _out, err = finish(proc, timeout=60)
     finally:
         proc.kill()
     assert code == 1
@@ -170,7 +170,7 @@ def test_coordinator_death_stops_the_run_and_resume_finishes_it(tmp_path):
             if " ".join(c.cmdline()).strip() == "exmachina: coordinator"
         )
         coordinator.kill()
-        code, out, err = finish(proc, timeout=60)
+        code, _out, err = finish(proc, timeout=60)
     finally:
         proc.kill()
     assert code == 1 and "the coordinator died" in err and "--resume" in err
@@ -203,7 +203,7 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
     try:
         wait_for(lambda: epochs_done(tmp_path) >= 60, timeout=60)
         proc.send_signal(signal.SIGTERM)
-        code, out, err = finish(proc, timeout=60)
+        code, _out, err = finish(proc, timeout=60)
     finally:
         proc.kill()
     assert code == 143, err
@@ -282,7 +282,7 @@ def test_malformed_and_out_of_order_messages_never_wedge_a_live_neuron(tmp_path,
             link.send(frame)
 
         inject()
-        code, out, err = finish(proc, timeout=120)
+        code, _out, err = finish(proc, timeout=120)
     finally:
         proc.kill()
         ctx.destroy(linger=0)
@@ -325,7 +325,7 @@ def test_chaos_during_a_small_digits_run(tmp_path):
             pid = wait_for(lambda v=victim: neuron_pid(proc, v), timeout=20)
             os.kill(pid, signal.SIGKILL)
             wait_for(lambda v=victim, p=pid: (q := neuron_pid(proc, v)) and q != p, timeout=30)
-        code, out, err = finish(proc, timeout=180)
+        code, _out, err = finish(proc, timeout=180)
     finally:
         proc.kill()
     assert code == 0, err

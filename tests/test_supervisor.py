@@ -10,6 +10,7 @@ import json
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -508,7 +509,7 @@ def test_restart_child_replaces_one_process_while_running() -> None:
     outcome = bg.finish()
     assert outcome.restarts == 0  # operator restarts are not automatic restarts
     assert [c["restarts"] for c in sup.which_children()] == [1, 0]
-    with pytest.raises(RuntimeError, match="not running|stopped"):
+    with pytest.raises(RuntimeError, match=r"not running|stopped"):
         sup.restart_child("a")
     with pytest.raises(KeyError):
         sup.pid_of("nope")
@@ -606,10 +607,12 @@ def test_children_are_forked_by_a_zygote_that_ran_the_warm_up_and_ends_with_the_
 @pytest.mark.timeout(60)
 def test_a_preload_that_fails_stops_the_start_with_its_name() -> None:
     sup = _supervisor([ChildSpec("a", kids.sleeper)], preload=["tests.no_such_module"])
-    with pytest.raises(RuntimeError, match="could not preload 'tests.no_such_module': ModuleNotFoundError"):
+    with pytest.raises(
+        RuntimeError, match=re.escape("could not preload 'tests.no_such_module': ModuleNotFoundError")
+    ):
         sup.start()
     warm_up_fails = _supervisor([ChildSpec("a", kids.sleeper)], preload=["tests.supervisor_children:nope"])
-    with pytest.raises(RuntimeError, match="'tests.supervisor_children:nope': AttributeError"):
+    with pytest.raises(RuntimeError, match=re.escape("'tests.supervisor_children:nope': AttributeError")):
         warm_up_fails.start()
     # No zygote left either (the forkserver and resource tracker are this interpreter's, by design).
     assert [p for p in psutil.Process().children() if not _is_multiprocessing_helper(p)] == []

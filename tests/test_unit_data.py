@@ -123,7 +123,7 @@ def test_a_missing_or_empty_semeion_file_is_one_line(tmp_path):
         str(caught.value) == f"{tmp_path / 'absent.data'}: cannot read data file: No such file or directory"
     )
     (tmp_path / "empty.data").write_text("\n\n")
-    with pytest.raises(DatasetError, match="empty.data: no rows"):
+    with pytest.raises(DatasetError, match=r"empty\.data: no rows"):
         load_semeion(tmp_path / "empty.data")
 
 

@@ -203,7 +203,7 @@ def test_an_output_neurons_fixed_synapse_and_an_input_neurons_fixed_bias_never_m
     ],
 )
 def test_a_message_that_makes_no_sense_now_is_refused_and_changes_nothing(hidden, steps, problem):
-    neuron, downs, ups = hidden
+    neuron, _downs, _ups = hidden
     *before, last = steps
     for kind, sample, synapse in before:
         _step(neuron, kind, sample, synapse)
@@ -231,7 +231,7 @@ def test_batches_of_different_sizes_for_one_sample_are_refused(hidden):
 
 
 def test_a_forgotten_sample_leaves_no_trace_and_its_stragglers_are_refused(hidden):
-    neuron, downs, _ = hidden
+    neuron, _downs, _ = hidden
     neuron.on_activity(wire.FORWARD, 1, 0, batch(0.1))  # half-gathered
     neuron.on_activity(wire.FORWARD, 2, 0, batch(0.1))
     neuron.on_activity(wire.FORWARD, 2, 1, batch(0.1))  # fired, errors outstanding
@@ -257,7 +257,7 @@ def test_only_the_latest_dropped_samples_are_remembered(hidden):
 
 def test_stray_samples_that_never_get_errors_cannot_grow_memory_without_bound(ctx):
     sensor = Neuron(spec_of(tiny_config(), "input.0"), QUIET)
-    downs, _ = wire_up(ctx, sensor)
+    _downs, _ = wire_up(ctx, sensor)
     for sample in range(MAX_PENDING + 5):
         sensor.on_activity(wire.FORWARD, sample, 0, batch(1.0))
     assert len(sensor.fired) == MAX_PENDING and min(sensor.fired) == 5

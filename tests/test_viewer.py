@@ -4,6 +4,7 @@ the page loaded in a real headless Chromium."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -379,7 +380,7 @@ def test_view_and_report_refuse_a_missing_run(tmp_path, capsys):
 
 def tiny(sizes=(9, 3, 2), value: float = 0.5) -> Parameters:
     return Parameters(
-        [np.full((a, b), value) for a, b in zip(sizes, sizes[1:])],
+        [np.full((a, b), value) for a, b in itertools.pairwise(sizes)],
         [np.zeros(s) for s in sizes],
         ["identity"] + ["logistic"] * (len(sizes) - 1),
         [True] * len(sizes),

@@ -1,5 +1,5 @@
 import sys
 
-from exmachina.bench.suite import main
+from exmachina.bench.cli import main
 
 sys.exit(main())

@@ -152,6 +152,32 @@ def _bare_network_worker(sizes: list[int], directory: str, warmup: int, samples:
     this shape can do on this machine with this stack, whatever the neurons compute."""
     coordinator = f"ipc://{directory}/coordinator"
     layers = [[f"ipc://{directory}/{layer}.{i}" for i in range(n)] for layer, n in enumerate(sizes)]
+    pids = _fork_bare_neurons(coordinator, layers)
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+    pull.bind(coordinator)
+    inputs, outputs = [ctx.socket(zmq.PUSH) for _ in layers[0]], [ctx.socket(zmq.PUSH) for _ in layers[-1]]
+    for sock, endpoint in [*zip(inputs, layers[0]), *zip(outputs, layers[-1])]:
+        sock.setsockopt(zmq.LINGER, 1_000)
+        sock.connect(endpoint)
+    one = _one_sample(pull, inputs, outputs)
+    for i in range(warmup):  # the first samples also wait for every connection to be made
+        one(i)
+    started = time.perf_counter()
+    for i in range(samples):
+        one(warmup + i)
+    seconds = time.perf_counter() - started
+    _stop_bare_neurons(ctx, inputs, layers)
+    ctx.destroy(linger=1_000)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    unlink(coordinator)
+    return {"sizes": sizes, "samples": samples, "seconds": seconds, "samples_per_s": samples / seconds}
+
+
+def _fork_bare_neurons(coordinator: str, layers: list[list[str]]) -> list[int]:
+    """One forked bare neuron per inbox, each linked to the layers either side (or the coordinator)."""
     pids = []
     for layer, inboxes in enumerate(layers):
         upstream = [coordinator] if layer == 0 else layers[layer - 1]
@@ -164,14 +190,14 @@ def _bare_network_worker(sizes: list[int], directory: str, warmup: int, samples:
                 finally:
                     os._exit(0)
             pids.append(pid)
-    ctx = zmq.Context()
-    pull = ctx.socket(zmq.PULL)
-    pull.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
-    pull.bind(coordinator)
-    inputs, outputs = [ctx.socket(zmq.PUSH) for _ in layers[0]], [ctx.socket(zmq.PUSH) for _ in layers[-1]]
-    for sock, endpoint in [*zip(inputs, layers[0]), *zip(outputs, layers[-1])]:
-        sock.setsockopt(zmq.LINGER, 1_000)
-        sock.connect(endpoint)
+    return pids
+
+
+def _one_sample(
+    pull: zmq.Socket, inputs: list[zmq.Socket], outputs: list[zmq.Socket]
+) -> Callable[[int], None]:
+    """One online sample as the coordinator drives it: forward in, every output back, errors back
+    down, every input back."""
     pack, payload = msgpack.Packer(use_bin_type=True).pack, bytes(8)
 
     def one(sample: int) -> None:
@@ -184,26 +210,21 @@ def _bare_network_worker(sizes: list[int], directory: str, warmup: int, samples:
         for _ in inputs:
             msgpack.unpackb(pull.recv())
 
-    for i in range(warmup):  # the first samples also wait for every connection to be made
-        one(i)
-    started = time.perf_counter()
-    for i in range(samples):
-        one(warmup + i)
-    seconds = time.perf_counter() - started
-    stop = pack([STOP])
+    return one
+
+
+def _stop_bare_neurons(ctx: zmq.Context, inputs: list[zmq.Socket], layers: list[list[str]]) -> None:
+    """STOP to every bare neuron: the input layer over its links, the rest directly, as they have no
+    coordinator link."""
+    stop = msgpack.packb([STOP], use_bin_type=True)
     for sock in inputs:
         sock.send(stop)
-    for layer in layers[1:]:  # the rest have no coordinator link: reach them directly
+    for layer in layers[1:]:
         for endpoint in layer:
             sock = ctx.socket(zmq.PUSH)
             sock.setsockopt(zmq.LINGER, 1_000)
             sock.connect(endpoint)
             sock.send(stop)
-    ctx.destroy(linger=1_000)
-    for pid in pids:
-        os.waitpid(pid, 0)
-    unlink(coordinator)
-    return {"sizes": sizes, "samples": samples, "seconds": seconds, "samples_per_s": samples / seconds}
 
 
 def unlink(endpoint: str) -> None:

@@ -7,23 +7,22 @@ coordinator to the generic `supervisor` package and waits for the coordinator to
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import signal
 import socket
 import sys
-import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-import psutil
 import typer
 
 from exmachina.config import Config, ConfigError, load_config
 from exmachina.data import datasets
 from exmachina.data.datasets import DatasetError
 from exmachina.launch import placement
+from exmachina.launch.memory import PeakMemory
 from exmachina.model import parameters as parameters_module
 from exmachina.model import topology
 from exmachina.model.parameters import Parameters
@@ -34,7 +33,7 @@ from exmachina.network.neuron import serve
 from exmachina.rundir import checkpoints
 from exmachina.rundir.directory import RunDir, Site, resolve
 from exmachina.rundir.logs import Log, close_log, open_log
-from supervisor import ChildSpec, Event, Supervisor
+from supervisor import ChildSpec, Event, Outcome, Supervisor
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STALLED = 0, 1, 2, 3
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -69,7 +68,11 @@ def find_resumption(run: RunDir, config: Config) -> Resumption:
     return Resumption(run, count, parameters, position)
 
 
-def learn(config_path: str | Path | None = None, resume: str | Path | None = None, out=print) -> int:  # noqa: ANN001
+def learn(
+    config_path: str | Path | None = None,
+    resume: str | Path | None = None,
+    out: Callable[[str], None] = print,
+) -> int:
     """Train a config through the process network (or resume a run); returns the exit code."""
     try:
         resumption = None
@@ -106,34 +109,19 @@ def _learn(
     sockets: Path | None,
     host: str,
     resumption: Resumption | None,
-    out,  # noqa: ANN001
+    out: Callable[[str], None],
 ) -> int:
-    """`host`: the address tcp processes bind here (this Ray node's address on a Ray placement)."""
+    """Lay out the run, start the supervisor with every child, wait for the end, write the summary.
+    `host`: the address tcp processes bind here (this Ray node's address on a Ray placement)."""
     try:
         _set_title("exmachina: supervisor")
-        rt = config.runtime
-        if sockets is not None:
-            coordinator = transport.bind_address("ipc", str(sockets), COORDINATOR)
-            for spec_id in topology.layer_ids(config, 0):  # the longest names are checked up front
-                transport.bind_address("ipc", str(sockets), topology.socket_name(spec_id))
-        else:
-            coordinator = f"tcp://{host}:{_free_port(host)}"
+        coordinator = _coordinator_address(config, sockets, host)
     except (transport.TransportError, OSError) as exc:
         print(f"exmachina: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    rt = config.runtime
     train, holdout = datasets.split(data, config.data.holdout, config.seed)
-    if resumption is None:
-        run, start, updates, position = RunDir.create(config), parameters_module.initial(config), 0, None
-    else:
-        run, start, updates, position = (
-            resumption.run,
-            resumption.parameters,
-            resumption.count,
-            resumption.position,
-        )
-        ids = [s.id for s in topology.neurons(config, start)] + [COORDINATOR]
-        checkpoints.discard_after(run.path, ids, updates)
-        run.truncate_metrics(position["epoch"])
+    run, start, updates, position = _starting_point(config, resumption)
     specs = topology.neurons(config, start, updates)
     # CURVE keys live only in memory: each child's own keypair travels in its start arguments (the
     # forkserver's pipe), the public ones in the Site. A resumed run makes new ones: nothing to keep.
@@ -154,7 +142,48 @@ def _learn(
     children = child_specs(config, site, [] if on_ray else specs, (train, holdout), position, keys)
     log = open_log("supervisor", run.log("supervisor"), rt.log_level, rt.log_max_bytes, rt.log_backups)
     actors = placement.RayNeurons(config, site, specs, log) if on_ray else None
-    sup = Supervisor(
+    sup = _supervisor(children, config, log)
+    verb = f"resuming at update {updates}" if resumption else "run directory"
+    hello = f"exmachina: {len(specs)} neurons + coordinator, {verb} {run.path}"
+    ending = _supervise(sup, actors, keys, run, log, len(specs), lambda: out(hello))
+    summary = _summarize(config, run, ending, processes=len(specs) + 2)
+    out(_describe(summary, run))
+    return _exit_code(config, run, ending, actors, summary)
+
+
+def _coordinator_address(config: Config, sockets: Path | None, host: str) -> str:
+    """Where the coordinator binds: an ipc socket in `sockets` (the longest names are checked up
+    front, so that a socket directory too deep fails here, not in a child) or a free tcp port."""
+    if sockets is None:
+        return f"tcp://{host}:{_free_port(host)}"
+    coordinator = transport.bind_address("ipc", str(sockets), COORDINATOR)
+    for spec_id in topology.layer_ids(config, 0):
+        transport.bind_address("ipc", str(sockets), topology.socket_name(spec_id))
+    return coordinator
+
+
+def _starting_point(
+    config: Config, resumption: Resumption | None
+) -> tuple[RunDir, Parameters, int, dict | None]:
+    """(run directory, parameters, updates done, coordinator position): a new run from the seed's
+    draw, or a resumed one from its checkpoint, with everything written after that checkpoint gone."""
+    if resumption is None:
+        return RunDir.create(config), parameters_module.initial(config), 0, None
+    run, start, updates, position = (
+        resumption.run,
+        resumption.parameters,
+        resumption.count,
+        resumption.position,
+    )
+    ids = [s.id for s in topology.neurons(config, start)] + [COORDINATOR]
+    checkpoints.discard_after(run.path, ids, updates)
+    run.truncate_metrics(position["epoch"])
+    return run, start, updates, position
+
+
+def _supervisor(children: list[ChildSpec], config: Config, log: Log) -> Supervisor:
+    rt = config.runtime
+    return Supervisor(
         children,
         strategy="one_for_one",
         intensity=rt.max_restarts,
@@ -168,6 +197,40 @@ def _learn(
         ],
         on_event=lambda e: _log_event(log, e),
     )
+
+
+@dataclass
+class _Ending:
+    """How the supervised run ended."""
+
+    outcome: Outcome
+    signals: list[int]  # SIGINT or SIGTERM received, which stopped it
+    peak_pss: int  # bytes, the whole tree
+
+    @property
+    def code(self) -> int | None:
+        """The coordinator's exit code."""
+        return self.outcome.exitcodes.get(COORDINATOR)
+
+    @property
+    def crashed(self) -> bool:
+        """Stopped by too many restarts, or the coordinator died unasked."""
+        return self.outcome.reason == "intensity_exceeded" or (
+            not self.signals and self.code not in (0, EXIT_STALLED)
+        )
+
+
+def _supervise(
+    sup: Supervisor,
+    actors: placement.RayNeurons | None,
+    keys: dict[str, curve.Keypair] | None,
+    run: RunDir,
+    log: Log,
+    neurons: int,
+    started: Callable[[], None],
+) -> _Ending:
+    """Run the supervisor (and the Ray actors) until the run ends or SIGINT/SIGTERM asks it to stop;
+    whatever happens, stop all it started, put the signal handlers back and close the log."""
     received: list[int] = []
 
     def on_signal(signum: int, frame: object) -> None:
@@ -175,10 +238,9 @@ def _learn(
         sup.request_stop()
 
     previous = {s: signal.signal(s, on_signal) for s in SIGNAL_EXIT}
-    memory = _PeakMemory(interval=2.0 + 0.02 * len(specs))
+    memory = PeakMemory(interval=2.0 + 0.02 * neurons)
     try:
-        verb = f"resuming at update {updates}" if resumption else "run directory"
-        out(f"exmachina: {len(specs)} neurons + coordinator, {verb} {run.path}")
+        started()
         sup.start()
         if actors is not None:  # a neuron Ray gave up on stops the run, as too many restarts do here
             actors.start(keys, on_failure=lambda nid: sup.request_stop())
@@ -192,23 +254,34 @@ def _learn(
         for s, handler in previous.items():
             signal.signal(s, handler)
         close_log(log)
+    return _Ending(outcome, received, memory.peak)
+
+
+def _summarize(config: Config, run: RunDir, ending: _Ending, processes: int) -> dict:
+    """The coordinator's summary.json with the supervisor's side of the story added, written back;
+    a crashed run also saves the model its neurons' checkpoints hold."""
     summary = run.read_summary() or {"status": "failed"}
-    code = outcome.exitcodes.get(COORDINATOR)
-    crashed = outcome.reason == "intensity_exceeded" or (not received and code not in (0, EXIT_STALLED))
-    if crashed:
+    if ending.crashed:
         summary["status"] = "crashed"
         summary["model_from_checkpoints"] = _model_from_checkpoints(config, run)
     summary.update(
-        processes=len(specs) + 2,
-        peak_pss_mb=round(memory.peak / 2**20, 1),
-        supervisor_restarts=outcome.restarts,
-        supervisor_outcome=outcome.reason,
+        processes=processes,
+        peak_pss_mb=round(ending.peak_pss / 2**20, 1),
+        supervisor_restarts=ending.outcome.restarts,
+        supervisor_outcome=ending.outcome.reason,
     )
     run.write_summary(summary)
-    out(_describe(summary, run))
-    if received:
-        return SIGNAL_EXIT[received[0]]
-    if outcome.reason == "intensity_exceeded":
+    return summary
+
+
+def _exit_code(
+    config: Config, run: RunDir, ending: _Ending, actors: placement.RayNeurons | None, summary: dict
+) -> int:
+    """The exit code, with a line on stderr saying how to resume a run that failed."""
+    rt = config.runtime
+    if ending.signals:
+        return SIGNAL_EXIT[ending.signals[0]]
+    if ending.outcome.reason == "intensity_exceeded":
         print(
             f"exmachina: too many restarts (more than {rt.max_restarts} in {rt.restart_period:g} s): run "
             f"stopped, see {run.log('supervisor')}; resume with: exmachina learn --resume {run.path}",
@@ -223,16 +296,16 @@ def _learn(
             file=sys.stderr,
         )
         return EXIT_FAILED
-    if crashed:
+    if ending.crashed:
         print(
-            f"exmachina: the coordinator died (exit code {code}); resume with: exmachina learn --resume "
-            f"{run.path}",
+            f"exmachina: the coordinator died (exit code {ending.code}); resume with: exmachina learn "
+            f"--resume {run.path}",
             file=sys.stderr,
         )
         return EXIT_FAILED
     if summary.get("status") == "stalled":
         return EXIT_STALLED
-    return EXIT_OK if code == 0 and summary.get("status") == "completed" else EXIT_FAILED
+    return EXIT_OK if ending.code == 0 and summary.get("status") == "completed" else EXIT_FAILED
 
 
 def child_specs(
@@ -331,51 +404,6 @@ def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-class _PeakMemory:
-    """Peak memory of the whole process tree, sampled every few seconds, as the sum of PSS: each
-    shared page (numpy, pyzmq, inherited from the forkserver) counted once, not once per process.
-    Each reading walks every process's page tables (5% of the CPU every 2 s with 276 neurons), so
-    bigger trees are read less often."""
-
-    def __init__(self, interval: float = 2.0) -> None:
-        self.peak = 0
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _watch(self) -> None:
-        me = psutil.Process()
-        while True:
-            total = 0
-            for proc in [me, *me.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error, OSError, ValueError):
-                    total += _pss(proc)
-            self.peak = max(self.peak, total)
-            if self._stop.wait(self.interval):
-                return
-
-
-def _pss(proc: psutil.Process) -> int:
-    """PSS from smaps_rollup: the kernel sums it for us, far cheaper than psutil's full smaps walk
-    (which cost the supervisor a few percent of the CPU with hundreds of neurons)."""
-    try:
-        with open(f"/proc/{proc.pid}/smaps_rollup", "rb") as fh:
-            for line in fh:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1]) * 1024
-    except FileNotFoundError:
-        pass
-    return proc.memory_full_info().pss
 
 
 def main(

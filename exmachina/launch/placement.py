@@ -39,7 +39,7 @@ class PlacementError(RuntimeError):
     """Ray is missing, or the cluster cannot be joined."""
 
 
-def ray_module():  # noqa: ANN201
+def ray_module():
     try:
         import ray
     except ImportError:
@@ -109,7 +109,7 @@ class NeuronActor:
         serve(self.spec, self.site, self.keys, started=self._started)
         return self.spec.id
 
-    def _started(self, process) -> None:  # noqa: ANN001
+    def _started(self, process) -> None:
         self.process = process
 
     def stop(self) -> None:
@@ -155,7 +155,7 @@ class RayNeurons:
         self.failed: list[str] = []
         self._watcher: threading.Thread | None = None
 
-    def start(self, keys: dict[str, curve.Keypair] | None, on_failure) -> None:  # noqa: ANN001
+    def start(self, keys: dict[str, curve.Keypair] | None, on_failure) -> None:
         ray = ray_module()
         actor_class = ray.remote(NeuronActor)
         p, names = self.config.placement, [layer.name for layer in self.config.network.layers]
@@ -176,7 +176,7 @@ class RayNeurons:
         self._watcher = threading.Thread(target=self._watch, args=(on_failure,), daemon=True)
         self._watcher.start()
 
-    def _watch(self, on_failure) -> None:  # noqa: ANN001
+    def _watch(self, on_failure) -> None:
         """A serve() that ends in an error means Ray gave up restarting that actor: like a local
         supervisor's intensity exceeded, the run stops."""
         ray = ray_module()
@@ -187,7 +187,7 @@ class RayNeurons:
                 nid = self.serving[ref]
                 try:
                     ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - any way an actor can be lost
+                except Exception as exc:  # any way an actor can be lost
                     self.failed.append(nid)
                     self.log.error("neuron %s lost for good (%s)", nid, type(exc).__name__)
                     on_failure(nid)
@@ -206,7 +206,7 @@ class RayNeurons:
         for ref in ready:
             try:
                 answers[asked[ref]] = ray.get(ref)
-            except Exception:  # noqa: BLE001 - it died meanwhile
+            except Exception:  # it died meanwhile
                 continue
         missing = [nid for nid in asked.values() if nid not in answers]
         if missing:

@@ -6,11 +6,10 @@ microsecond stamp lets `trace` put one sample's hops in order across files.
 
 `Log` is not the standard `logging` machinery, on purpose. A neuron is forked from a process that
 already holds `logging`, and every object a child touches is a page it copies: a record per line,
-the logger's caches, the handler and its lock, a buffered text file. That cost each neuron 0.4 MB of
-unique memory (300-neuron start-up probe, Python 3.11: 4.09 -> 3.70 MB). A line here is one
-`os.write` to a file opened for appending, made from a few objects the process owns. The method
-names are `logging.Logger`'s; the rotation is `RotatingFileHandler`'s (the file becomes `.1`, `.1`
-becomes `.2`, and so on), which the tools that follow a log (`logview.py`) expect.
+the logger's caches, the handler and its lock, a buffered text file, unique memory in every neuron.
+A line here is one `os.write` to a file opened for appending, made from a few objects the process
+owns. The method names are `logging.Logger`'s; the rotation is `RotatingFileHandler`'s (the file
+becomes `.1`, `.1` becomes `.2`, and so on), which the tools that follow a log (`logview.py`) expect.
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ class Log:
         if self.level < OFF:
             self._open()
 
-    def isEnabledFor(self, level: int) -> bool:  # noqa: N802  (logging.Logger's name)
+    def isEnabledFor(self, level: int) -> bool:  # logging.Logger's name
         return level >= self.level
 
     def debug(self, message: str, *args: object) -> None:

@@ -269,36 +269,43 @@ class Story:
     def read(cls, records: Iterable[logview.Record]) -> Story:
         story = cls()
         for r in records:
-            story.lines += 1
-            story.first = story.first or r.stamp
-            story.last = r.stamp or story.last
-            if r.rank >= logview.RANKS["WARNING"]:
-                story.warnings += 1
-                story.last_warning = r.message
+            story._count(r)
             word = r.message.partition(" ")[0]
-            if word not in ("start", "stats", "final", "update", "wired:", "restarted:"):
-                continue
             if word == "wired:":
                 story.wired = r.message
-                continue
-            f = fields(r.message)
-            f["stamp"] = r.stamp
-            axon = f.get("axon", f.get("weights"))
-            if isinstance(axon, list):
-                story.weights.append(axon)
-            if isinstance(f.get("bias"), float):
-                story.biases.append(f["bias"])
-            if word == "start":
-                story.starts.append(f)
-            elif word == "stats":
-                story.stats.append(f)
-            elif word == "final":
-                story.finals.append(f)
-            elif isinstance(f.get("delta"), float):
-                story.deltas.append(f["delta"])
-            elif isinstance(f.get("delta"), list) and f["delta"]:  # a mini-batch: its first few deltas
-                story.deltas.append(sum(abs(d) for d in f["delta"]) / len(f["delta"]))
+            elif word in _TOLD:
+                story._take(word, fields(r.message) | {"stamp": r.stamp})
         return story
+
+    def _count(self, r: logview.Record) -> None:
+        """Every record: how many, from when to when, and the warnings among them."""
+        self.lines += 1
+        self.first = self.first or r.stamp
+        self.last = r.stamp or self.last
+        if r.rank >= logview.RANKS["WARNING"]:
+            self.warnings += 1
+            self.last_warning = r.message
+
+    def _take(self, word: str, f: dict[str, Any]) -> None:
+        """A line that tells of the neuron's state: its weights and bias, and the line by kind."""
+        axon = f.get("axon", f.get("weights"))
+        if isinstance(axon, list):
+            self.weights.append(axon)
+        if isinstance(f.get("bias"), float):
+            self.biases.append(f["bias"])
+        if word == "start":
+            self.starts.append(f)
+        elif word == "stats":
+            self.stats.append(f)
+        elif word == "final":
+            self.finals.append(f)
+        elif isinstance(f.get("delta"), float):
+            self.deltas.append(f["delta"])
+        elif isinstance(f.get("delta"), list) and f["delta"]:  # a mini-batch: its first few deltas
+            self.deltas.append(sum(abs(d) for d in f["delta"]) / len(f["delta"]))
+
+
+_TOLD = ("start", "stats", "final", "update", "restarted:")  # the lines Story._take reads
 
 
 def restarts(view: RunView, process_id: str) -> tuple[int | None, list[str]]:
@@ -333,34 +340,53 @@ def _exit_reason(code: int) -> str:
 
 
 def inspect_neuron(run: str | None, nid: str) -> int:
+    """Everything the run directory tells of one neuron: its place and synapses, its weights then
+    and now, its activity and error, its messages, and its process."""
     view = RunView.open(run)
     if nid in (COORDINATOR, SUPERVISOR):
         raise InspectError(f"{nid} is not a neuron: see `exmachina logs {view.name} --neuron {nid}`")
     layer, index = view.locate(nid)
-    c = view.config
-    last = len(view.layers) - 1
     story = Story.read(view.records(nid))
     stats_json = view.stats() or {}
     live_stats = (stats_json.get("neurons") or {}).get(nid)
-    summary = view.summary()
     out = console()
+    out.print(_heading(view, nid, layer, index, bool(stats_json)))
+    _print_synapses(out, view, layer, story)
+    _print_weights(out, view, layer, index, story)
+    out.print()
+    _print_activity(out, view.config, story)
+    _print_messages(out, story, live_stats)
+    _print_process(out, view, nid, story, live_stats)
+    return 0
 
+
+def _peers(view: RunView, layer: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(upstream, downstream) of a neuron of `layer`: the layers either side, or the coordinator."""
+    upstream = (COORDINATOR,) if layer == 0 else view.layers[layer - 1][1]
+    downstream = (COORDINATOR,) if layer == len(view.layers) - 1 else view.layers[layer + 1][1]
+    return upstream, downstream
+
+
+def _heading(view: RunView, nid: str, layer: int, index: int, has_stats: bool) -> str:
+    c = view.config
+    summary = view.summary()
     layer_name, ids = view.layers[layer]
     learns = "learns its bias" if c.learns_bias(layer) else "fixed bias"
     if summary is not None:
         state = f"{summary.get('status', '?')} after {summary.get('epochs', '?')} epochs"
-    elif stats_json:
+    elif has_stats:
         state = "live"
     else:
         state = "starting, or ended without a summary"
-    out.print(
+    return (
         f"[bold]{escape(nid)}[/]  layer {layer} ({escape(layer_name)}), neuron {index + 1} of {len(ids)}, "
         f"{c.activation(layer)}, {learns}\n[dim]run {escape(view.name)} ({escape(state)})[/]"
     )
 
-    # synapses
-    upstream = (COORDINATOR,) if layer == 0 else view.layers[layer - 1][1]
-    downstream = (COORDINATOR,) if layer == last else view.layers[layer + 1][1]
+
+def _print_synapses(out: Console, view: RunView, layer: int, story: Story) -> None:
+    last = len(view.layers) - 1
+    upstream, downstream = _peers(view, layer)
     sensor = " (the sensor: the coordinator feeds it one input value)" if layer == 0 else ""
     target = " (the coordinator turns it into the loss and sends back dL/da)" if layer == last else ""
     out.print("\n[bold]Synapses[/]")
@@ -369,43 +395,63 @@ def inspect_neuron(run: str | None, nid: str) -> int:
     if story.wired:
         out.print(f"  [dim]its log: {escape(story.wired)}[/]")
 
-    # weights: initial (the seed's draw), now (snapshot/model), history (the log's axon=[...] lines)
-    start = initial(c)
-    loaded = view.parameters()
-    if layer == last:
-        first_w, now_w = [1.0], [1.0]
-    else:
-        first_w = start.axons[layer][index].tolist()
-        now_w = loaded[0].axons[layer][index].tolist() if loaded else (story.weights or [[]])[-1]
-    first_b = float(start.biases[layer][index])
-    now_b = float(loaded[0].biases[layer][index]) if loaded else (story.biases or [math.nan])[-1]
-    where = f"{loaded[1]}, {_age(view.dir.path / loaded[1])}" if loaded else "its log"
-    title = f"Weights (now: {where}; history: {len(story.weights)} log lines)"
+
+@dataclass
+class _Weights:
+    """A neuron's axon and bias: initial (the seed's draw) and now (snapshot or model, else its log)."""
+
+    first_w: list[float]
+    now_w: list[float]
+    first_b: float
+    now_b: float
+    where: str  # where "now" comes from
+
+    @classmethod
+    def of(cls, view: RunView, layer: int, index: int, story: Story) -> _Weights:
+        start = initial(view.config)
+        loaded = view.parameters()
+        if layer == len(view.layers) - 1:
+            first_w, now_w = [1.0], [1.0]
+        else:
+            first_w = start.axons[layer][index].tolist()
+            now_w = loaded[0].axons[layer][index].tolist() if loaded else (story.weights or [[]])[-1]
+        first_b = float(start.biases[layer][index])
+        now_b = float(loaded[0].biases[layer][index]) if loaded else (story.biases or [math.nan])[-1]
+        where = f"{loaded[1]}, {_age(view.dir.path / loaded[1])}" if loaded else "its log"
+        return cls(first_w, now_w, first_b, now_b, where)
+
+
+def _print_weights(out: Console, view: RunView, layer: int, index: int, story: Story) -> None:
+    """The weights table; history comes from the log's axon=[...] lines."""
+    fixed = layer == len(view.layers) - 1
+    downstream = _peers(view, layer)[1]
+    w = _Weights.of(view, layer, index, story)
+    title = f"Weights (now: {w.where}; history: {len(story.weights)} log lines)"
     table = Table(title=title, title_justify="left")
     for col in ("synapse", "initial", "now", "change", "history"):
         table.add_column(col, justify="right" if col in ("initial", "now", "change") else "left")
     shown = 32
     for j, peer in enumerate(downstream[:shown]):
-        history = [w[j] for w in story.weights if j < len(w)]
-        fixed = layer == last
+        history = [axon[j] for axon in story.weights if j < len(axon)]
         table.add_row(
             f"-> {peer}",
-            _num(first_w[j] if j < len(first_w) else math.nan),
-            _num(now_w[j] if j < len(now_w) else math.nan),
-            "fixed at 1" if fixed else _num(_change(first_w, now_w, j), sign=True),
+            _num(w.first_w[j] if j < len(w.first_w) else math.nan),
+            _num(w.now_w[j] if j < len(w.now_w) else math.nan),
+            "fixed at 1" if fixed else _num(_change(w.first_w, w.now_w, j), sign=True),
             "" if fixed else sparkline(history),
         )
     if len(downstream) > shown:
         table.add_row(f"... {len(downstream) - shown} more", "", "", "", "")
-    bias_change = _num(now_b - first_b, sign=True) if c.learns_bias(layer) else "fixed"
-    table.add_row("bias", _num(first_b), _num(now_b), bias_change, sparkline(story.biases))
+    bias_change = _num(w.now_b - w.first_b, sign=True) if view.config.learns_bias(layer) else "fixed"
+    table.add_row("bias", _num(w.first_b), _num(w.now_b), bias_change, sparkline(story.biases))
     out.print()
     out.print(table)
-    if len(downstream) > 8 and layer != last:
+    if len(downstream) > 8 and not fixed:
         out.print("  [dim](the log carries the first 8 weights of an axon: history for those only)[/]")
 
-    # activity and error
-    out.print()
+
+def _print_activity(out: Console, c: Config, story: Story) -> None:
+    """From its stats lines if it has any, else from the debug log's update lines."""
     if story.stats:
         every = c.runtime.stats_interval
         act = Table(
@@ -435,16 +481,24 @@ def inspect_neuron(run: str | None, nid: str) -> int:
     else:
         out.print("[bold]Activity and error[/]: no stats line in its log yet (one per stats_interval)")
 
-    # messages, updates, problems
+
+def _counts(story: Story, live_stats: dict | None) -> tuple[dict, str]:
+    """Its message counts and where they come from: stats.json when newer than its final log line,
+    else that line, else its last stats line."""
     counts = dict(story.finals[-1]) if story.finals else {}
     counted_at = epoch_seconds(counts["stamp"]) if counts else 0.0
     if live_stats and live_stats.get("time", 0) > counted_at:
-        counts = dict(live_stats)
-        source = "stats.json"
-    else:
-        source = "its final log line" if counts else ""
-    if not counts and story.stats:
-        counts, source = dict(story.stats[-1]), "its last stats line"
+        return dict(live_stats), "stats.json"
+    if counts:
+        return counts, "its final log line"
+    if story.stats:
+        return dict(story.stats[-1]), "its last stats line"
+    return {}, ""
+
+
+def _print_messages(out: Console, story: Story, live_stats: dict | None) -> None:
+    """Messages, updates and problems."""
+    counts, source = _counts(story, live_stats)
     out.print("\n[bold]Messages[/]" + (f" [dim](since its last start; from {source})[/]" if source else ""))
     if counts:
         parts = [f"{k} {int(counts[k])}" for k in ("received", "sent", "dropped") if k in counts]
@@ -458,7 +512,8 @@ def inspect_neuron(run: str | None, nid: str) -> int:
     problem = (live_stats or {}).get("last_problem") or story.last_warning
     out.print(f"  warnings in its log: {story.warnings}" + (f"; last: {escape(problem)}" if problem else ""))
 
-    # the process
+
+def _print_process(out: Console, view: RunView, nid: str, story: Story, live_stats: dict | None) -> None:
     count, exits = restarts(view, nid)
     pid = int(story.starts[-1]["pid"]) if story.starts else (live_stats or {}).get("pid")
     now_alive = alive(pid, title_of(nid))
@@ -472,7 +527,6 @@ def inspect_neuron(run: str | None, nid: str) -> int:
         out.print(f"  restarts: {count}" + (f" (abnormal exits: {', '.join(exits)})" if exits else ""))
     if story.lines:
         out.print(f"  [dim]{story.lines} log records from {story.first} to {story.last}[/]")
-    return 0
 
 
 def _num(value: float, sign: bool = False) -> str:

@@ -96,60 +96,82 @@ def _rate(old: dict | None, new: dict | None, key: str) -> str:
     return f"{(new[key] - old[key]) / dt:.0f}"
 
 
+COLUMNS = (  # (name, right-aligned)
+    ("process", False),
+    ("layer", False),
+    ("pid", True),
+    ("CPU %", True),
+    ("RSS MB", True),
+    ("in/s", True),
+    ("out/s", True),
+    ("pending", True),
+    ("updates", True),
+    ("dropped", True),
+    ("problem", False),
+)
+
+
 def table(view: RunView, old: dict[str, Any], new: dict[str, Any], meter: Meter) -> tuple[Table, int]:
     """The process table, and how many of the run's processes are alive."""
     interval = view.config.runtime.stats_interval
     neurons_old, neurons_new = old.get("neurons") or {}, new.get("neurons") or {}
-    coord = new.get("coordinator") or {}
-    coord_old = old.get("coordinator") or {}
-    done_key = "completed" if "completed" in coord else "sample"
-    samples_rate = _rate(coord_old, coord, done_key)
     t = Table(title_justify="left")
-    for col, right in (
-        ("process", False),
-        ("layer", False),
-        ("pid", True),
-        ("CPU %", True),
-        ("RSS MB", True),
-        ("in/s", True),
-        ("out/s", True),
-        ("pending", True),
-        ("updates", True),
-        ("dropped", True),
-        ("problem", False),
-    ):
+    for col, right in COLUMNS:
         t.add_column(col, justify="right" if right else "left", no_wrap=col != "problem")
+    # a neuron whose report did not change between two readings has not reported for this long
+    silent = f"no report in {2 * interval + 0.5:g} s" if old is not new else None
     live = 0
     for layer_name, ids in view.layers:
         for nid in ids:
-            entry = neurons_new.get(nid)
-            if entry is None:
-                t.add_row(nid, layer_name, "-", "", "", "", "", "", "", "", "[dim]no report yet[/]")
-                continue
-            pid = entry.get("pid")
-            up = alive(pid, title_of(nid))
-            live += up
-            cpu, rss = meter.read(pid) if up else ("-", "-")
-            stale = entry.get("time") == (neurons_old.get(nid) or {}).get("time") and old is not new
-            problem = escape(str(entry.get("last_problem") or ""))
-            if stale:
-                problem = f"[yellow]no report in {2 * interval + 0.5:g} s[/] " + problem
-            t.add_row(
-                nid,
-                layer_name,
-                str(pid) if up else f"[red]{pid} gone[/]",
-                cpu,
-                rss,
-                _rate(neurons_old.get(nid), entry, "received"),
-                _rate(neurons_old.get(nid), entry, "sent"),
-                str(entry.get("pending", "-")),
-                str(entry.get("updates", "-")),
-                str(entry.get("dropped", "-")),
-                problem,
+            cells, up = _neuron_row(
+                nid, layer_name, neurons_old.get(nid), neurons_new.get(nid), silent, meter
             )
+            t.add_row(*cells)
+            live += up
+    coord, coord_old = new.get("coordinator") or {}, old.get("coordinator") or {}
+    done_key = "completed" if "completed" in coord else "sample"
+    live += _add_run_rows(t, coord, done_key, meter)
+    restarts = coord.get("restarts")
+    t.title = (
+        f"{view.name}: sample {coord.get('sample', '?')}, {_rate(coord_old, coord, done_key)} samples/s"
+        + (f", {restarts} restarts" if restarts else "")
+        + f"  [dim](rates over the last {interval:g} s stats interval)[/]"
+    )
+    return t, live
+
+
+def _neuron_row(
+    nid: str, layer_name: str, old: dict | None, entry: dict | None, silent: str | None, meter: Meter
+) -> tuple[list[str], bool]:
+    """A neuron's cells from its two reports, and whether its process is alive."""
+    if entry is None:
+        return [nid, layer_name, "-", "", "", "", "", "", "", "", "[dim]no report yet[/]"], False
+    pid = entry.get("pid")
+    up = alive(pid, title_of(nid))
+    cpu, rss = meter.read(pid) if up else ("-", "-")
+    problem = escape(str(entry.get("last_problem") or ""))
+    if silent and entry.get("time") == (old or {}).get("time"):
+        problem = f"[yellow]{silent}[/] " + problem
+    cells = [
+        nid,
+        layer_name,
+        str(pid) if up else f"[red]{pid} gone[/]",
+        cpu,
+        rss,
+        _rate(old, entry, "received"),
+        _rate(old, entry, "sent"),
+        str(entry.get("pending", "-")),
+        str(entry.get("updates", "-")),
+        str(entry.get("dropped", "-")),
+        problem,
+    ]
+    return cells, up
+
+
+def _add_run_rows(t: Table, coord: dict[str, Any], done_key: str, meter: Meter) -> int:
+    """The coordinator's row, and the supervisor's if it is alive; how many of the two are."""
     pid = coord.get("pid")
     up = alive(pid, COORDINATOR_TITLE)
-    live += up
     cpu, rss = meter.read(pid) if up else ("-", "-")
     t.add_row(
         COORDINATOR,
@@ -165,18 +187,11 @@ def table(view: RunView, old: dict[str, Any], new: dict[str, Any], meter: Meter)
         "",
     )
     sup = supervisor_pid(pid)
-    if sup is not None:
-        cpu, rss = meter.read(sup)
-        t.add_row(SUPERVISOR, "", str(sup), cpu, rss, "", "", "", "", "", "")
-        live += 1
-    restarts = coord.get("restarts")
-    sample = coord.get("sample", "?")
-    t.title = (
-        f"{view.name}: sample {sample}, {samples_rate} samples/s"
-        + (f", {restarts} restarts" if restarts else "")
-        + f"  [dim](rates over the last {interval:g} s stats interval)[/]"
-    )
-    return t, live
+    if sup is None:
+        return up
+    cpu, rss = meter.read(sup)
+    t.add_row(SUPERVISOR, "", str(sup), cpu, rss, "", "", "", "", "", "")
+    return up + 1
 
 
 def supervisor_pid(coordinator_pid: int | None) -> int | None:

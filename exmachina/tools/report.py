@@ -28,7 +28,7 @@ MAX_PREDICTIONS = 20
 RIGHT, WRONG = "#1f7a37", "#b3321f"
 
 
-def _figure(**kwargs: Any):  # noqa: ANN202 - a matplotlib Figure
+def _figure(**kwargs: Any):
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 
     return Figure(**kwargs)

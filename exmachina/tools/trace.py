@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -107,6 +108,8 @@ def samples_held(view: RunView) -> str:
 
 
 def show_trace(run: str | None, sample: int) -> int:
+    """Print one sample's way through the network: every neuron's forward and (in training) backward
+    events, in ms after the sample's first event, with the slowest synapse hop of each."""
     view = RunView.open(run)
     level = view.config.runtime.log_level
     if level != "debug":
@@ -119,45 +122,66 @@ def show_trace(run: str | None, sample: int) -> int:
     seen, kind = collect(view, sample)
     if not any(s.received or s.errors_in for s in seen.values()):
         raise InspectError(f"sample {sample} is not in the logs of {view.name}: {samples_held(view)}")
-    everything = [
-        h.time
-        for s in seen.values()
-        for hops in (s.received, s.sent, s.errors_in, s.errors_out)
-        for h in hops
-    ]
-    t0 = min(everything)
-    send_time = {  # (sender, receiver, backward) -> when it sent
-        (nid, h.peer, backward): h.time
-        for nid, s in seen.items()
-        for backward, hops in ((False, s.sent), (True, s.errors_out))
-        for h in hops
-    }
-
-    negative: list[str] = []
-
-    def at(t: datetime | None) -> str:
-        return "-" if t is None else f"{(t - t0).total_seconds() * 1000:+.3f}"
-
-    def slowest(nid: str, hops: list[Hop], backward: bool) -> tuple[float, str] | None:
-        lags = [
-            ((h.time - send_time[h.peer, nid, backward]).total_seconds() * 1000, h.peer)
-            for h in hops
-            if (h.peer, nid, backward) in send_time
-        ]
-        if any(lag < 0 for lag, _ in lags):
-            negative.append(nid)
-        return max(lags) if lags else None
-
+    clock = _Clock(seen)
     out = console()
     training = kind == "FORWARD"
     what = "training sample: forward, then backward" if training else "evaluation sample: forward only"
     out.print(
         f"[bold]sample {sample}[/] of {escape(view.name)} ({what})\n"
-        f"times: ms after its first event ({t0.strftime('%H:%M:%S.%f')}); "
+        f"times: ms after its first event ({clock.t0.strftime('%H:%M:%S.%f')}); "
         "hop: ms from the sender's send to the receiver's recv"
     )
-    worst: list[tuple[float, str]] = []
+    out.print(_forward_table(view, seen, clock))
+    outputs = view.layers[-1][1]
+    forward_done = max((seen[n].sent[0].time for n in outputs if seen[n].sent), default=None)
+    if training:
+        _print_backward(out, view, seen, clock, forward_done)
+    else:
+        out.print(f"the last output fired at {clock.at(forward_done)} ms: the coordinator reads the outputs")
+    _notes(out, seen, clock)
+    return 0
 
+
+class _Clock:
+    """The sample's events on one clock: times in ms after its first event, and each hop's lag from
+    its sender's send, the slowest hops and the negative ones noted on the way."""
+
+    def __init__(self, seen: dict[str, Seen]) -> None:
+        self.t0 = min(
+            h.time
+            for s in seen.values()
+            for hops in (s.received, s.sent, s.errors_in, s.errors_out)
+            for h in hops
+        )
+        self.send_time = {  # (sender, receiver, backward) -> when it sent
+            (nid, h.peer, backward): h.time
+            for nid, s in seen.items()
+            for backward, hops in ((False, s.sent), (True, s.errors_out))
+            for h in hops
+        }
+        self.worst: list[tuple[float, str]] = []
+        self.negative: list[str] = []
+
+    def at(self, t: datetime | None) -> str:
+        return "-" if t is None else f"{(t - self.t0).total_seconds() * 1000:+.3f}"
+
+    def slowest(self, nid: str, hops: list[Hop], backward: bool) -> tuple[float, str] | None:
+        """(lag in ms, sender) of the slowest of these hops into `nid`, if any sender's send is known."""
+        lags = [
+            ((h.time - self.send_time[h.peer, nid, backward]).total_seconds() * 1000, h.peer)
+            for h in hops
+            if (h.peer, nid, backward) in self.send_time
+        ]
+        if any(lag < 0 for lag, _ in lags):
+            self.negative.append(nid)
+        if not lags:
+            return None
+        hop = max(lags)
+        self.worst.append((hop[0], f"{hop[1]} -> {nid} ({'backward' if backward else 'forward'})"))
+        return hop
+
+
+def _forward_table(view: RunView, seen: dict[str, Seen], clock: _Clock) -> Table:
     fwd = Table(title="Forward: activities flow input -> output", title_justify="left")
     for col in ("layer", "neuron", "inputs", "first in", "last in", "fired", "slowest hop"):
         fwd.add_column(
@@ -168,36 +192,40 @@ def show_trace(run: str | None, sample: int) -> int:
         for nid in ids:
             s = seen[nid]
             times = [h.time for h in s.received]
-            hop = slowest(nid, s.received, False)
-            if hop:
-                worst.append((hop[0], f"{hop[1]} -> {nid} (forward)"))
+            hop = clock.slowest(nid, s.received, False)
             fwd.add_row(
                 name,
                 nid,
                 f"{len(s.received)}/{expected}",
-                at(min(times, default=None)),
-                at(max(times, default=None)),
-                at(s.sent[0].time if s.sent else None),
+                clock.at(min(times, default=None)),
+                clock.at(max(times, default=None)),
+                clock.at(s.sent[0].time if s.sent else None),
                 f"{hop[0]:.3f} {hop[1]}" if hop else (COORDINATOR if layer == 0 else "-"),
             )
-    out.print(fwd)
+    return fwd
 
-    outputs = view.layers[-1][1]
-    fired = [seen[n].sent[0].time for n in outputs if seen[n].sent]
-    forward_done = max(fired, default=None)
-    if not training:
-        out.print(f"the last output fired at {at(forward_done)} ms: the coordinator reads the outputs")
-        _notes(out, seen, worst, negative)
-        return 0
 
+def _print_backward(
+    out: Console, view: RunView, seen: dict[str, Seen], clock: _Clock, forward_done: datetime | None
+) -> None:
+    """The coordinator's turnaround, the errors' way back, and when the sample was complete."""
+    outputs, inputs = view.layers[-1][1], view.layers[0][1]
     back_start = min((h.time for n in outputs for h in seen[n].errors_in), default=None)
     if forward_done and back_start:
         turnaround = (back_start - forward_done).total_seconds() * 1000
         out.print(
-            f"coordinator: output fired {at(forward_done)}, first error back {at(back_start)} "
+            f"coordinator: output fired {clock.at(forward_done)}, first error back {clock.at(back_start)} "
             f"({turnaround:.3f} ms: two hops, the loss and dL/da)"
         )
+    out.print(_backward_table(view, seen, clock))
+    done = max((seen[n].errors_out[-1].time for n in inputs if seen[n].errors_out), default=None)
+    out.print(
+        f"forward done {clock.at(forward_done)} ms; sample complete (every input neuron's error sent) "
+        f"{clock.at(done)} ms"
+    )
 
+
+def _backward_table(view: RunView, seen: dict[str, Seen], clock: _Clock) -> Table:
     bwd = Table(title="Backward: errors flow output -> input, each neuron updates", title_justify="left")
     for col in ("layer", "neuron", "errors", "first in", "last in", "sent", "updated", "delta"):
         bwd.add_column(col, justify="left" if col in ("layer", "neuron") else "right", no_wrap=True)
@@ -209,39 +237,29 @@ def show_trace(run: str | None, sample: int) -> int:
         for nid in ids:
             s = seen[nid]
             times = [h.time for h in s.errors_in]
-            hop = slowest(nid, s.errors_in, True)
-            if hop:
-                worst.append((hop[0], f"{hop[1]} -> {nid} (backward)"))
+            hop = clock.slowest(nid, s.errors_in, True)
             bwd.add_row(
                 name,
                 nid,
                 f"{len(s.errors_in)}/{expected}",
-                at(min(times, default=None)),
-                at(max(times, default=None)),
-                at(s.errors_out[0].time if s.errors_out else None),
-                at(s.updated),
+                clock.at(min(times, default=None)),
+                clock.at(max(times, default=None)),
+                clock.at(s.errors_out[0].time if s.errors_out else None),
+                clock.at(s.updated),
                 _delta(s.delta),
                 f"{hop[0]:.3f} {hop[1]}" if hop else (COORDINATOR if layer == last else "-"),
             )
-    out.print(bwd)
-
-    inputs = view.layers[0][1]
-    done = max((seen[n].errors_out[-1].time for n in inputs if seen[n].errors_out), default=None)
-    out.print(
-        f"forward done {at(forward_done)} ms; sample complete (every input neuron's error sent) {at(done)} ms"
-    )
-    _notes(out, seen, worst, negative)
-    return 0
+    return bwd
 
 
-def _notes(out, seen: dict[str, Seen], worst: list[tuple[float, str]], negative: list[str]) -> None:  # noqa: ANN001
-    if worst:
-        lag, where = max(worst)
+def _notes(out: Console, seen: dict[str, Seen], clock: _Clock) -> None:
+    if clock.worst:
+        lag, where = max(clock.worst)
         out.print(f"slowest hop: {where}, {lag:.3f} ms")
-    if negative:
+    if clock.negative:
         out.print(
-            f"[dim]negative hops (at {', '.join(sorted(set(negative)))}): a neuron stamps its send lines "
-            "after sending, so on a busy machine a receiver can log first[/]"
+            f"[dim]negative hops (at {', '.join(sorted(set(clock.negative)))}): a neuron stamps its send "
+            "lines after sending, so on a busy machine a receiver can log first[/]"
         )
     missing = [nid for nid, s in seen.items() if not s.received]
     if missing:

@@ -262,7 +262,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: one connection carries the page's polls
     timeout = 15  # an idle connection (a closed laptop lid) frees its thread
 
-    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+    def do_GET(self) -> None:  # the name http.server calls
         path = urlsplit(self.path).path
         if path in ("/", "/index.html"):
             self._send(200, "text/html; charset=utf-8", PAGE.encode())
@@ -283,7 +283,7 @@ class _Handler(BaseHTTPRequestHandler):
         if body:
             self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+    def log_message(self, format: str, *args: Any) -> None:  # http.server's signature
         pass  # one line per poll would drown the terminal
 
 

@@ -1,0 +1,62 @@
+"""`python -m exmachina.bench [--quick] [--out FILE]`: how fast the process network is, and against what."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from rich.console import Console
+
+from exmachina.bench.profiles import FULL, QUICK, SEMEION
+from exmachina.bench.render import failures, render
+from exmachina.bench.suite import run_bench
+
+DEFAULT_OUT = Path("bench") / "results.json"
+
+
+def _console() -> Console:
+    """Wide when it goes to a file or a pipe, so the tables are not wrapped."""
+    if sys.stdout.isatty() or "COLUMNS" in os.environ:
+        return Console(highlight=False)
+    return Console(highlight=False, width=170)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of sizes: {text!r}") from None
+    if any(n < 4 for n in sizes):
+        raise argparse.ArgumentTypeError(f"a start-up network has at least 4 neurons: {text!r}")
+    return sizes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m exmachina.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a look in under a minute")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results file (default {DEFAULT_OUT})")
+    parser.add_argument("--semeion", type=Path, default=SEMEION, help="semeion.data (default: %(default)s)")
+    parser.add_argument(
+        "--startup",
+        type=_sizes,
+        help="network sizes of the start-up rows, e.g. 100,1000,10000 on the 16-core machine "
+        "(default: the profile's)",
+    )
+    args = parser.parse_args(argv)
+    profile = QUICK if args.quick else FULL
+    if args.startup is not None:
+        profile = replace(profile, startup_sizes=args.startup)
+    signal.signal(signal.SIGTERM, _terminated)  # unwind, so that the row in progress stops its tree
+    console = _console()
+    results = run_bench(profile, args.out, args.semeion, say=lambda text: console.print(text, style="dim"))
+    render(results, console)
+    console.print(f"results: {args.out}")
+    return 1 if failures(results) or results["socket_files_left"] else 0
