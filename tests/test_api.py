@@ -23,7 +23,7 @@ from exmachina.config import ConfigError, load_config
 from exmachina.data import datasets
 from exmachina.model.parameters import Parameters
 from exmachina.model.reference import Reference
-from tests.conftest import wait_for, write_config, xor_config
+from tests.helpers import wait_for, write_config, xor_config
 
 XOR_INPUTS = [[0, 0], [0, 1], [1, 0], [1, 1]]
 XOR_TRUTH = [[0], [1], [1], [0]]

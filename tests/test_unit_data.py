@@ -104,7 +104,7 @@ def test_csv_rows_take_commas_or_spaces_and_skip_comments(tmp_path):
     ("text", "targets", "problem"),
     [
         ("1,2,3\n1,2\n", 1, "rows.csv:2: expected 3 values, found 2"),
-        ("1,2\n", 2, "rows.csv:1: 2 values leave no inputs before 2 targets"),
+        ("1,2\n", 2, "rows.csv: 2 values a row leave no inputs before 2 targets"),
         ("1,two,3\n", 1, "rows.csv:1: 'two' is not a number"),
         ("# only a comment\n", 1, "rows.csv: no rows"),
     ],

@@ -107,7 +107,7 @@ def test_a_neuron_fires_the_activation_of_its_summed_inputs_once_the_last_synaps
     activity = np.tanh(0.3 - 0.2 + b)
     for k, pull in enumerate(downs):
         (message,) = frames(pull)
-        assert message[:3] == [wire.FORWARD, 7, neuron.spec.index]
+        assert message[:3] == (wire.FORWARD, 7, neuron.spec.index)
         np.testing.assert_allclose(wire.values(message[3]), [w[k] * activity], rtol=0, atol=1e-15)
     assert neuron.sent == len(downs) and 7 in neuron.fired
 
@@ -147,7 +147,7 @@ def test_errors_go_back_and_weights_and_bias_descend_as_the_dense_rules_say(hidd
     delta = (1 - np.tanh(net) ** 2) * (w @ errors)
     for i, pull in enumerate(ups):
         (message,) = frames(pull)
-        assert message[:3] == [wire.BACKWARD, 9, neuron.spec.index], f"to upstream synapse {i}"
+        assert message[:3] == (wire.BACKWARD, 9, neuron.spec.index), f"to upstream synapse {i}"
         np.testing.assert_allclose(wire.values(message[3]), delta, rtol=0, atol=1e-15)
     np.testing.assert_allclose(neuron.axon.weights, w - lr * (errors @ activity) / 3, rtol=0, atol=1e-15)
     np.testing.assert_allclose(neuron.bias, b - lr * delta.mean(), rtol=0, atol=1e-15)

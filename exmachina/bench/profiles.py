@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from exmachina.data import SEMEION_DATA
+
+SEMEION = SEMEION_DATA  # the digits that ship with the package; --semeion names another copy
+
 
 @dataclass(frozen=True)
 class Profile:
