@@ -114,6 +114,21 @@ def evaluate(
     _using(lambda: tool.evaluate(run, data, json_out))
 
 
+@app.command()
+def serve(
+    run: RunArg = None,
+    port: Annotated[int, typer.Option(help="port to serve on (0: any free port)")] = 8700,
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    in_flight: Annotated[int, typer.Option(help="batches in the network at once")] = 16,
+    batch: Annotated[int, typer.Option(help="rows per synapse message, at most")] = 64,
+) -> None:
+    """Serve a run's model through its neuron processes: POST /predict {"inputs": [[...], ...]} answers
+    {"outputs": [[...], ...]}. Supervised as in training; Ctrl-C stops every process."""
+    from exmachina.launch.serve import serve as run_serve
+
+    raise typer.Exit(run_serve(run, host, port, in_flight, batch))
+
+
 # -- looking inside a run: logs, inspect, ps, trace (exmachina/tools/inspection.py, ps.py, trace.py) ---
 
 

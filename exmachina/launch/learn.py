@@ -320,17 +320,7 @@ def child_specs(
     child is handed its own keypair, and only its own: a restarted neuron comes back with the same
     key, so its peers still trust it."""
     keys = keys or {}
-    children = [
-        ChildSpec(
-            id=s.id,
-            target=serve,
-            args=(s, site, keys.get(s.id)),
-            restart="permanent",
-            shutdown=5.0,
-            title=f"exmachina: neuron {s.id}",
-        )
-        for s in specs
-    ]
+    children = neuron_children(specs, site, keys)
     # The coordinator is not restarted: if it dies the run stops (the model is rebuilt from the neurons'
     # checkpoints) and `exmachina learn --resume RUN` takes up from the last consistent checkpoint.
     train, holdout = data
@@ -353,6 +343,24 @@ def child_specs(
         )
     )
     return children
+
+
+def neuron_children(
+    specs: list[NeuronSpec], site: Site, keys: dict[str, curve.Keypair] | None = None
+) -> list[ChildSpec]:
+    """One permanent child per neuron, each handed its own CURVE keypair (if any) and no other's."""
+    keys = keys or {}
+    return [
+        ChildSpec(
+            id=s.id,
+            target=serve,
+            args=(s, site, keys.get(s.id)),
+            restart="permanent",
+            shutdown=5.0,
+            title=f"exmachina: neuron {s.id}",
+        )
+        for s in specs
+    ]
 
 
 def _model_from_checkpoints(config: Config, run: RunDir) -> int | None:

@@ -184,6 +184,13 @@ class Coordinator:
         if self.stop_requested_at is None:
             self.stop_requested_at = time.monotonic()
 
+    def close(self) -> None:
+        """Close every socket and remove the inbox's socket file."""
+        if self.gatekeeper is not None:  # its thread uses the context's sockets: it goes first
+            self.gatekeeper.stop()
+        self.ctx.destroy(linger=0)  # nothing it still queues is owed to anyone
+        transport.release([self.site.coordinator])
+
     # -- messages -------------------------------------------------------------------------------
 
     def _receive(self, deadline: float) -> Received:
@@ -205,8 +212,12 @@ class Coordinator:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise Stalled(f"no message for {self.config.training.stall_timeout:.0f} s")
-            if self.inbox.poll(min(remaining, 0.25) * 1000):
-                self._read_inbox()
+            self._wait(min(remaining, 0.25))
+
+    def _wait(self, timeout: float) -> None:
+        """Block up to `timeout` seconds for the inbox, then read what it holds into the backlog."""
+        if self.inbox.poll(timeout * 1000):
+            self._read_inbox()
 
     def _read_inbox(self) -> None:
         """Decode every frame queued on the inbox into the backlog; drop, count and log malformed ones."""
@@ -711,10 +722,7 @@ def coordinate(
         )
         run.write_summary(summary)
         log.info("end: %s", summary)
-        if coordinator.gatekeeper is not None:  # its thread uses the context's sockets: it goes first
-            coordinator.gatekeeper.stop()
-        coordinator.ctx.destroy(linger=0)  # nothing it still queues is owed to anyone
-        transport.release([site.coordinator])
+        coordinator.close()
         close_log(log)
     if summary["status"] == "stalled":
         raise SystemExit(3)
