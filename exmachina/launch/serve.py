@@ -49,7 +49,7 @@ def serve(
     port: int = DEFAULT_PORT,
     in_flight: int = IN_FLIGHT,
     batch: int = BATCH,
-    out: Callable[[str], None] = print,
+    out: Callable[[str], None] | None = None,
 ) -> int:
     """Serve a run's model through its neuron processes until Ctrl-C or SIGTERM; returns the exit code."""
     try:
@@ -62,10 +62,14 @@ def serve(
         return EXIT_BAD_INPUT
     options = Options(host, port, in_flight, batch, str(where.path))
     try:
-        return _serve(where, config, parameters, sockets, options, out)
+        return _serve(where, config, parameters, sockets, options, out or _say)
     finally:
         if sockets is not None:
             shutil.rmtree(sockets, ignore_errors=True)
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)  # in step with the coordinator's own line, even down a pipe
 
 
 def model_of(run: str | Path | None) -> tuple[RunDir, Config, Parameters]:

@@ -66,22 +66,27 @@ def parse_rows(body: bytes, width: int, max_rows: int = MAX_ROWS) -> np.ndarray:
         return np.zeros((0, width))
     try:
         rows = np.array(inputs)
-    except ValueError:
-        rows = np.array([], dtype=object)
-    if rows.dtype.kind not in "iuf":
-        raise Refused(400, f"row {_first_not_numbers(inputs)} holds a value that is not a number")
-    rows = rows.astype(float)
+    except ValueError:  # a row holding lists
+        rows = None
+    # NumPy reads true and false as numbers, and integers past int64 as objects: look closer then
+    if rows is None or rows.dtype.kind not in "iuf" or b"true" in body or b"false" in body:
+        bad = _first_not_numbers(inputs)
+        if bad is not None:
+            raise Refused(400, f"row {bad} holds a value that is not a number")
+    rows = np.asarray(inputs if rows is None or rows.dtype.kind not in "iuf" else rows, dtype=float)
     finite = np.isfinite(rows).all(axis=1)
     if not finite.all():
         raise Refused(400, f"row {int(np.argmin(finite))} holds a value that is not a finite number")
     return rows
 
 
-def _first_not_numbers(inputs: list) -> int:
+def _first_not_numbers(inputs: list) -> int | None:
+    """The first row holding anything but floats and integers a float can hold, if any."""
     for i, row in enumerate(inputs):
-        if any(type(v) not in (int, float) or abs(v) > 1e308 for v in row):
-            return i
-    return 0
+        for v in row:
+            if not (type(v) is float or (type(v) is int and abs(v) < 1e308)):
+                return i
+    return None
 
 
 class Front(ThreadingHTTPServer):
