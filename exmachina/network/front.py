@@ -91,6 +91,7 @@ def _first_not_numbers(inputs: list) -> int | None:
 
 class Front(ThreadingHTTPServer):
     daemon_threads = True  # a client holding a connection open never keeps the process alive
+    request_queue_size = 128  # connections the kernel holds until accepted: many clients connect at once
 
     def __init__(self, address: tuple[str, int], server: Server, about: dict[str, Any]) -> None:
         """Bound at once (port 0: the one the OS gives, read back in `url`); serving after `start`."""
