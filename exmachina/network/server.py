@@ -20,6 +20,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import zmq
@@ -27,7 +28,15 @@ import zmq
 from exmachina.config import Config
 from exmachina.model.topology import COORDINATOR
 from exmachina.network import curve, front, wire
-from exmachina.network.coordinator import MAX_REPLAYS, Coordinator, Flight, Restart, Stalled, Stopped
+from exmachina.network.coordinator import (
+    MAX_REPLAYS,
+    SYNAPSE,
+    Coordinator,
+    Flight,
+    Restart,
+    Stalled,
+    Stopped,
+)
 from exmachina.network.front import Unavailable
 from exmachina.rundir.directory import RunDir, Site, write_json
 from exmachina.rundir.logs import Log, close_log, open_log
@@ -148,21 +157,21 @@ class Server(Coordinator):
         self.poller.register(self.inbox, zmq.POLLIN)
         self.poller.register(self.inlet.socket, zmq.POLLIN)
         self.waiting: collections.deque[Job] = collections.deque()
-        self.flights: dict[int, Batch] = {}
+        self.flights: dict[int, Flight] = {}  # every one a Batch
         self.requests = self.rows = 0
 
     def _wait(self, timeout: float) -> None:
         """The inbox and the inlet, in one poll."""
-        ready = dict(self.poller.poll(timeout * 1000))
+        ready = dict(self.poller.poll(int(timeout * 1000)))
         if self.inbox in ready:
             self._read_inbox()
         if self.inlet.socket in ready:
             jobs = self.inlet.take()
             self.waiting.extend(jobs)
             self.requests += len(jobs)
-            self.backlog.append(ARRIVED)
+            self.backlog.append(cast(wire.Message, ARRIVED))  # a note in the queue the waits read
 
-    def _aside(self, message: wire.Message | Arrived) -> None:
+    def _aside(self, message: wire.Message) -> None:
         if message is not ARRIVED:  # new jobs wait in self.waiting whoever read the note
             super()._aside(message)
 
@@ -187,11 +196,14 @@ class Server(Coordinator):
                 continue
             except Stopped:
                 return
-            if type(message) is Restart:
+            if isinstance(message, Restart):
                 self.flights = self._replay(self.flights)
                 deadline = time.monotonic() + timeout
-            elif message is not ARRIVED and self._progress(message):
-                deadline, stalls = time.monotonic() + timeout, 0
+            elif isinstance(message, SYNAPSE):
+                if self._progress(message):
+                    deadline, stalls = time.monotonic() + timeout, 0
+            else:
+                self._aside(message)
 
     def _stalled(self, stalls: int, exc: Stalled) -> int:
         """No batch moved for the stall timeout: replay them, or fail their jobs once they stalled
@@ -203,19 +215,19 @@ class Server(Coordinator):
         self.log.error("samples %s stalled %d times: failing their requests", list(self.flights), stalls)
         self.recover(list(self.flights))
         for flight in self.flights.values():
-            for job, _, _ in flight.pieces:
+            for job, _, _ in cast(Batch, flight).pieces:
                 job.fail("the network stalled")
         self.flights = {}
         return 0
 
-    def _progress(self, message: wire.Message) -> bool:
-        """Take one message; True if it moved a batch on (and answer the batch once its outputs are in)."""
+    def _progress(self, message: wire.Activity | wire.Error) -> bool:
+        """Take one synapse message; True if it moved a batch on (answered once its outputs are in)."""
         flight = self._take(self.flights, message)
         if flight is None:
             return False
         if flight.done(len(self.inputs)):
             del self.flights[message.sample]
-            self._answer(flight)
+            self._answer(cast(Batch, flight))
         return True
 
     def _admit(self) -> None:
@@ -248,6 +260,7 @@ class Server(Coordinator):
 
     def _answer(self, flight: Batch) -> None:
         """Hand each job its rows' outputs; a job whose last rows these were gets its answer."""
+        assert flight.output is not None  # a done flight's outputs are in
         outputs, offset = flight.output.T, 0
         for job, first, count in flight.pieces:
             job.outputs[first : first + count] = outputs[offset : offset + count]
@@ -259,7 +272,7 @@ class Server(Coordinator):
 
     def finish(self) -> None:
         """Fail every job not answered: the server is going down."""
-        jobs = [job for flight in self.flights.values() for job, _, _ in flight.pieces]
+        jobs = [job for flight in self.flights.values() for job, _, _ in cast(Batch, flight).pieces]
         for job in [*jobs, *self.waiting, *self.inlet.close()]:
             job.fail("the server is shutting down")
         self.flights, self.waiting = {}, collections.deque()
