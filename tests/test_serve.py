@@ -180,6 +180,13 @@ def test_serve_answers_as_model_predict_through_its_neuron_processes(xor_run):
     assert "exmachina: serving stopped: 8 requests, 582 rows, 0 restarts" in served.lines
     logs = {p.stem for p in (served.directory / "neurons").glob("*.log")}
     assert logs == {*NEURONS, "coordinator", "supervisor"}
+    shown = subprocess.run(
+        [sys.executable, "-m", "exmachina", "logs", str(served.directory), "--neuron", "hidden1.0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0 and "hidden1.0  wired:" in shown.stdout, shown.stderr
     assert not list(served.directory.glob("**/*.ckpt")), "a serving neuron wrote a checkpoint"
 
 

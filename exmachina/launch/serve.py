@@ -91,7 +91,7 @@ def serving_specs(config: Config, parameters: Parameters) -> list[NeuronSpec]:
 
 
 def serve_dir(run: RunDir) -> RunDir:
-    """A fresh RUN/serve-<time>/ (with its neurons/ for the logs)."""
+    """A fresh RUN/serve-<time>/: neurons/ for the logs, and the run's config."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for n in range(1000):
         path = run.path / (f"serve-{stamp}" + (f"-{n}" if n else ""))
@@ -100,6 +100,7 @@ def serve_dir(run: RunDir) -> RunDir:
         except FileExistsError:
             continue
         (path / "neurons").mkdir()
+        shutil.copyfile(run.config, path / "config.yaml")  # so that logs, ps and inspect read it as a run
         return RunDir(path)
     raise FileExistsError(f"{run.path}: no free serve directory name for {stamp}")
 
@@ -141,7 +142,7 @@ def _serve(
         restart="temporary",  # if it dies, serving ends: the supervisor stops the neurons
         significant=True,
         shutdown=10.0,
-        title="exmachina: coordinator (serving)",
+        title="exmachina: coordinator",  # the title the tools know it by
     )
     log = open_log("supervisor", served.log("supervisor"), rt.log_level, rt.log_max_bytes, rt.log_backups)
     sup = Supervisor(
