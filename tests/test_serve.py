@@ -34,9 +34,13 @@ START_TIMEOUT_S = 90  # a shared two-core machine starts seven processes slowly
 
 @pytest.fixture(scope="module")
 def xor_run(tmp_path_factory) -> tuple[Path, Model]:
+    return known_run(tmp_path_factory.mktemp("served"))
+
+
+def known_run(home: Path, **sections: dict) -> tuple[Path, Model]:
     """A run directory made by the real code, holding a 2-3-1 model with known weights."""
-    home = tmp_path_factory.mktemp("served")
-    config = config_from_dict(xor_config(runtime={"log_level": "info", "runs_dir": str(home / "runs")}))
+    runtime = {"log_level": "info", "runs_dir": str(home / "runs")}
+    config = config_from_dict(xor_config(runtime=runtime, **sections))
     axons = [
         np.array([[1.5, -2.0, 0.7], [-1.1, 2.2, 0.4]]),
         np.array([[2.5], [-1.8], [0.9]]),
@@ -285,6 +289,20 @@ def _samples_launched(served: Served) -> int:
     with contextlib.suppress(OSError, ValueError):
         return json.loads((served.directory / "stats.json").read_text())["coordinator"]["sample"]
     return 0
+
+
+def test_a_stalled_network_fails_its_request_with_503_and_serves_on(tmp_path):
+    run, model = known_run(tmp_path, training={"learning_rate": 0.5, "epochs": 1, "stall_timeout": 2.0})
+    with serving(run) as served:
+        victim = served.neuron_pids()["hidden1.0"]
+        os.kill(victim, signal.SIGSTOP)  # wedged, not dead: the supervisor sees nothing
+        try:
+            assert served.post({"inputs": [[0, 1]]}) == (503, {"error": "the network stalled"})
+        finally:
+            os.kill(victim, signal.SIGCONT)
+        status, answer = served.post({"inputs": [[1, 0], [1, 1]]})
+        assert status == 200
+        np.testing.assert_allclose(answer["outputs"], model.predict([[1, 0], [1, 1]]), rtol=0, atol=1e-9)
 
 
 def test_ctrl_c_ends_every_process_and_leaves_no_socket(xor_run):

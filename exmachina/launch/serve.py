@@ -33,6 +33,7 @@ from exmachina.model.parameters import Parameters
 from exmachina.model.topology import COORDINATOR, NeuronSpec
 from exmachina.model.trained import ModelError, load
 from exmachina.network import curve, transport
+from exmachina.network.neuron import MAX_PENDING
 from exmachina.network.server import Options, serve_network
 from exmachina.rundir.directory import RunDir, Site, resolve
 from exmachina.rundir.logs import open_log
@@ -53,8 +54,11 @@ def serve(
 ) -> int:
     """Serve a run's model through its neuron processes until Ctrl-C or SIGTERM; returns the exit code."""
     try:
-        if in_flight < 1 or batch < 1:
-            raise ModelError(f"--in-flight and --batch must be at least 1, got {in_flight} and {batch}")
+        if not 1 <= in_flight <= MAX_PENDING or batch < 1:
+            raise ModelError(
+                f"--in-flight must be 1 to {MAX_PENDING} (the samples a neuron holds at once) and --batch "
+                f"at least 1, got {in_flight} and {batch}"
+            )
         where, config, parameters = model_of(run)
         sockets = transport.socket_dir() if config.runtime.transport == "ipc" else None
     except (ModelError, ConfigError, transport.TransportError, OSError) as exc:

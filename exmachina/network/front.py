@@ -141,6 +141,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         try:
             if urlsplit(self.path).path != "/predict":
+                self.close_connection = True  # its body, if any, is left unread
                 raise Refused(404, f"no {urlsplit(self.path).path} here: POST /predict")
             length = self._length()
             with self.server.parsers:
