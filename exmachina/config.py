@@ -7,6 +7,7 @@ is started or written.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -19,6 +20,7 @@ import yaml
 
 from exmachina.data import SEMEION_DATA
 from exmachina.model.activations import ACTIVATIONS, LOSSES
+from exmachina.model.learning import OPTIMIZER_PARAMETERS, SCHEDULE_PARAMETERS, Optimizer, Schedule, resolved
 
 
 class ConfigError(ValueError):
@@ -56,6 +58,8 @@ class TrainingConfig:
     stall_timeout: float = 30.0  # seconds without progress before a sample counts as lost
     batch_size: int = 1  # samples per synapse message; weights move by the batch mean (1: online)
     max_in_flight: int = 1  # batches in the network at once; 1 is exact SGD, more is pipelined
+    optimizer: Optimizer = field(default_factory=Optimizer)  # or just its name: `optimizer: adam`
+    schedule: Schedule = field(default_factory=Schedule)  # the rate of each update; or its name
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,7 @@ def _plain(value: Any) -> Any:
 FILE_SOURCES = ("semeion", "csv")
 STARTUP_TIMEOUT_S = 60.0  # for every neuron's hello; a Ray placement adds 2 s per neuron by default
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def load_config(path: str | Path) -> Config:
@@ -209,7 +214,9 @@ def config_from_dict(raw: Any, source: str = "<memory>") -> Config:
     config = _build(Config, raw, "", source)
     config = dataclasses.replace(config, source=source)
     _check(config)
-    return config
+    t = config.training
+    training = dataclasses.replace(t, optimizer=resolved(t.optimizer), schedule=resolved(t.schedule))
+    return dataclasses.replace(config, training=training)
 
 
 def _fail(source: str, key: str, message: str) -> typing.NoReturn:
@@ -253,13 +260,28 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     if origin in _GENERICS:
         return _GENERICS[origin](value, args, key, source)
     if dataclasses.is_dataclass(hint):
+        if isinstance(value, str) and _named_by_default(hint):
+            value = {"name": value}  # a section that is all defaults but its name: the name alone
         return _build(hint, value, key, source)
+    if hint is float and isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-8 (no dot) as a string
     if hint in _SCALARS:
         accepts, expected = _SCALARS[hint]
         if not accepts(value):
             _fail(source, key, f"expected {expected}, got {value!r}")
         return float(value) if hint is float else value
     raise TypeError(f"config schema has an unsupported type {hint!r} at {key}")
+
+
+def _named_by_default(cls: type) -> bool:
+    """Whether a section may be written as its name alone: every key but the name has a default."""
+    fields = dataclasses.fields(cls)
+    return any(f.name == "name" and f.default is not dataclasses.MISSING for f in fields) and all(
+        f.name == "name"
+        or f.default is not dataclasses.MISSING
+        or f.default_factory is not dataclasses.MISSING
+        for f in fields
+    )
 
 
 def _coerce_literal(value: Any, args: tuple, key: str, source: str) -> Any:
@@ -311,6 +333,8 @@ def _check(c: Config) -> None:
     that of several faults the first one a person would look for is the one reported."""
     _check_layers(c)
     _check_bounds(c, "training")
+    _check_settings(c, "optimizer", OPTIMIZER_PARAMETERS, _OPTIMIZER_BOUNDS)
+    _check_settings(c, "schedule", SCHEDULE_PARAMETERS, _SCHEDULE_BOUNDS)
     _check_loss(c)
     _check_data(c)
     _check_bounds(c, "data")
@@ -357,6 +381,44 @@ _BOUNDS: dict[str, tuple[tuple[str, Callable[[Any], bool], str], ...]] = {
         ("max_restarts", _at_least(0), "must be >= 0, got {}"),
     ),
 }
+
+
+def _in_unit(v: float) -> bool:
+    return 0.0 <= v < 1.0  # NaN is not
+
+
+def _finite_positive(v: float) -> bool:
+    return v > 0 and math.isfinite(v)
+
+
+_OPTIMIZER_BOUNDS = {
+    "momentum": (_in_unit, "must be in [0, 1), got {}"),
+    "beta1": (_in_unit, "must be in [0, 1), got {}"),
+    "beta2": (_in_unit, "must be in [0, 1), got {}"),
+    "eps": (_finite_positive, "must be a finite number above 0, got {}"),
+}
+_SCHEDULE_BOUNDS = {
+    "warmup": (_at_least(0), "must be >= 0, got {}"),
+    "every": (_at_least(1), "must be at least 1, got {}"),
+    "gamma": (lambda v: 0.0 < v <= 1.0, "must be in (0, 1], got {}"),
+    "over": (_at_least(1), "must be at least 1, got {}"),
+    "floor": (lambda v: 0.0 <= v <= 1.0, "must be in [0, 1], got {}"),
+}
+
+
+def _check_settings(c: Config, section: str, table: dict, bounds: dict) -> None:
+    """An optimizer's or a schedule's parameters: each one of its kind, in bounds, none missing."""
+    settings = getattr(c.training, section)
+    own = table[settings.name]
+    for name, (holds, message) in bounds.items():
+        key, value = f"training.{section}.{name}", getattr(settings, name)
+        if value is not None and name not in own and name != "warmup":
+            owners = ", ".join(k for k, params in table.items() if name in params)
+            _fail(c.source, key, f"belongs to {owners}, not to {settings.name}")
+        if value is None and name in own and own[name] is None:
+            _fail(c.source, key, f"required by the {settings.name} {section}")
+        if value is not None and not holds(value):
+            _fail(c.source, key, message.format(value))
 
 
 def _check_bounds(c: Config, section: str) -> None:

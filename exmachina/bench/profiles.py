@@ -29,6 +29,8 @@ class Profile:
     log_samples: int = 0  # XOR at log levels off, info and debug; 0 skips
     full_batch_epochs: int = 0  # the full-batch mode: epochs over every Semeion row, an update each
     bare_samples: int = 20  # the bare networks of the training shapes (256-8-10 only with semeion)
+    accuracy_configs: tuple[str, ...] = ()  # shipped configs timed to held-out accuracy; () skips
+    accuracy_timeout_s: float = 1800.0  # per process-network run of those
 
 
 # Modes of training 256-8-10: (batch size, batches in flight). One per network run: each run starts and
@@ -73,4 +75,5 @@ FULL = Profile(
     reference_min_s=1.0,
     log_samples=2_000,
     bare_samples=150,
+    accuracy_configs=("semeion-original.yaml", "semeion.yaml"),
 )

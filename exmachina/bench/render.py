@@ -36,6 +36,8 @@ def render(results: dict, console: Console) -> None:
         console.print(_pipelining_table(results["pipelining"]))
     if results.get("logging"):
         console.print(_logging_table(results["logging"]))
+    if results.get("accuracy"):
+        console.print(_accuracy_table(results["accuracy"]))
     console.print(_startup_table(results.get("startup", [])))
     console.print(_cores_table(results.get("cores", [])))
     failed = failures(results)
@@ -160,6 +162,23 @@ def _logging_table(rows: list[dict]) -> Table:
     return table
 
 
+def _accuracy_table(rows: list[dict]) -> Table:
+    """Samples and seconds to each held-out accuracy, per config and engine ('-': not reached)."""
+    thresholds = next((list(r["reached"]) for r in rows if r["status"] == "ok"), [])
+    columns = [f"{label} {float(t):.0%}" for t in thresholds for label in ("samples to", "s to")]
+    table = _table("time to held-out accuracy (first epoch end at or above)", "task", *columns, "best")
+    for row in rows:
+        if row["status"] != "ok":
+            table.add_row(row["name"], FAILED)
+            continue
+        cells = []
+        for t in thresholds:
+            hit = row["reached"][t]
+            cells += [_count(hit and hit["samples"]), _fmt(hit and hit["seconds"], ".1f")]
+        table.add_row(row["name"], *cells, _fmt(row["best_holdout_accuracy"], ".3f"))
+    return table
+
+
 def _startup_table(rows: list[dict]) -> Table:
     table = _table(
         "start-up (XOR-shaped 2-(N-3)-1)",
@@ -210,6 +229,7 @@ def failures(results: dict) -> list[str]:
         *transport.get("bare", []),
         *results.get("training", []),
         *results.get("pipelining", []),
+        *results.get("accuracy", []),
         *results.get("startup", []),
         *(pair[f"cores_{n}"] for pair in results.get("cores", []) for n in pair["counts"]),
     ]

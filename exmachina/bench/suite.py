@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from exmachina.bench.accuracy import network_to_accuracy, reference_to_accuracy, shipped
 from exmachina.bench.baselines import bare_network, ipc_latency, transport_ceiling
 from exmachina.bench.machine import machine_info
 from exmachina.bench.profiles import MODES, SEMEION, SEMEION_ROWS, Profile
@@ -160,6 +161,26 @@ class Bench:
             rows.append(row)
         return rows
 
+    def accuracy(self, semeion: Path) -> list[dict]:
+        """Each shipped config of the profile to held-out accuracy: the process network, then the
+        reference on the same split."""
+        rows = []
+        for name in self.profile.accuracy_configs:
+            task = name.removesuffix(".yaml")
+
+            def network(name: str = name) -> dict:
+                workdir = self.workdir / f"accuracy{self.count}"
+                timeout = self.profile.accuracy_timeout_s
+                return network_to_accuracy(shipped(name, semeion), workdir, self.sockets, timeout)
+
+            for engine, measure in (
+                ("network", network),
+                ("reference", lambda name=name: reference_to_accuracy(shipped(name, semeion))),
+            ):
+                row = self.row(f"{task} to accuracy, {engine}", measure)
+                rows.append({**row, "config": name, "engine": engine})
+        return rows
+
     def startup(self) -> list[dict]:
         return [
             self.row(
@@ -228,6 +249,9 @@ def run_bench(
         if profile.log_samples:
             say("log levels")
             results["logging"] = bench.logging()
+        if profile.accuracy_configs:
+            say("time to accuracy")
+            results["accuracy"] = bench.accuracy(semeion)
         say("start-up")
         results["startup"] = bench.startup()
         say("cores")

@@ -19,7 +19,17 @@ import numpy as np
 import zmq
 
 from exmachina.model.activations import ACTIVATIONS
-from exmachina.model.learning import axon_gradient, bias_gradient, descend, error, fire
+from exmachina.model.learning import (
+    SGD,
+    Optimizer,
+    axon_gradient,
+    bias_gradient,
+    descend,
+    error,
+    fire,
+    moments,
+    rate_at,
+)
 from exmachina.model.topology import COORDINATOR, INBOX, NeuronSpec, socket_name
 from exmachina.network import curve, transport, wire
 from exmachina.rundir import checkpoints
@@ -117,10 +127,14 @@ class Dendrites:
 
 
 class Axon:
-    """The outgoing synapses, each with its own weight."""
+    """The outgoing synapses, each with its own weight, and the optimizer's moments of those weights."""
 
-    def __init__(self, weights: np.ndarray, plastic: bool, peers: tuple[str, ...], log: Log) -> None:
+    def __init__(
+        self, weights: np.ndarray, plastic: bool, peers: tuple[str, ...], log: Log, optimizer: Optimizer = SGD
+    ) -> None:
         self.weights, self.plastic, self.peers, self.log = weights, plastic, peers, log
+        self.optimizer = optimizer
+        self.moments = moments(optimizer, weights) if plastic else []
         self.debug = log.isEnabledFor(DEBUG)
         self.errors = Pending(len(weights), log, "errors")
         self.links: list[zmq.Socket] = []  # one PUSH to each downstream peer, in synapse order
@@ -136,9 +150,9 @@ class Axon:
             link.send(wire.encode(kind, sample, me, data[i * size : (i + 1) * size]))
         return len(self.links)
 
-    def learn(self, gradient: np.ndarray, learning_rate: float) -> None:
+    def learn(self, gradient: np.ndarray, rate: float, step: int) -> None:
         if self.plastic:
-            descend(self.weights, gradient, learning_rate)
+            descend(self.weights, gradient, rate, self.optimizer, self.moments, step)
 
 
 class Neuron:
@@ -151,7 +165,8 @@ class Neuron:
         self.activation = ACTIVATIONS[spec.activation]
         self.bias = np.array(spec.bias)  # 0-d array: updated in place like the axon
         self.dendrites = Dendrites(spec.upstream, log)
-        self.axon = Axon(spec.axon.astype(float), spec.plastic_axon, spec.downstream, log)
+        self.axon = Axon(spec.axon.astype(float), spec.plastic_axon, spec.downstream, log, spec.optimizer)
+        self.bias_moments = moments(spec.optimizer, self.bias) if spec.learn_bias else []
         self.sent = 0
         # sample -> (net, activity, the axon it was sent with), until its errors are back: with several
         # samples in flight, a sample's error uses the weights it saw going forward (weight stashing)
@@ -188,9 +203,10 @@ class Neuron:
         delta = error(net, self.activation, sent_with, errors)  # 6. own error, with the weights it saw
         self.sent += self.dendrites.send_back(sample, delta, self.spec.index)  # 7. back to the inputs
         gradient = axon_gradient(activity, errors)  # 8. gradient of each outgoing weight
-        self.axon.learn(gradient, self.spec.learning_rate)  # 9. update the weights
+        rate, step = rate_at(self.spec.schedule, self.spec.learning_rate, self.updates), self.updates + 1
+        self.axon.learn(gradient, rate, step)  # 9. update the weights (and the bias)
         if self.spec.learn_bias:
-            descend(self.bias, bias_gradient(delta), self.spec.learning_rate)
+            descend(self.bias, bias_gradient(delta), rate, self.spec.optimizer, self.bias_moments, step)
         self.updates += 1
         self.error_sum += _mean(delta, magnitude=True)
         if self.debug:
@@ -214,9 +230,18 @@ class Neuron:
             del self.dropped[next(iter(self.dropped))]
 
     def restore(self, state: dict) -> None:
-        """Take up the weights, bias and count of a checkpoint (after a restart)."""
+        """Take up the weights, bias, optimizer moments and count of a checkpoint (after a restart)."""
         self.axon.weights[:] = checkpoints.weights_of(state)
         self.bias[...] = state["bias"]
+        weight_moments, bias_moments = checkpoints.moments_of(state)
+        if len(weight_moments) != len(self.axon.moments) or len(bias_moments) != len(self.bias_moments):
+            raise checkpoints.CheckpointError(
+                f"checkpoint at update {state['updates']} holds {len(weight_moments)}+{len(bias_moments)} "
+                f"moments, the {self.spec.optimizer.name} optimizer keeps "
+                f"{len(self.axon.moments)}+{len(self.bias_moments)}"
+            )
+        for kept, saved in zip([*self.axon.moments, *self.bias_moments], [*weight_moments, *bias_moments]):
+            kept[...] = saved
         self.updates = self.reported_updates = state["updates"]
 
 
@@ -280,8 +305,9 @@ class NeuronProcess:
         self.kept = checkpoints.counts(site.run_dir, spec.id)  # listed once; save() keeps it current
         state = checkpoints.latest(site.run_dir, spec.id)  # a damaged file raises: crash on start
         self.restored = state is not None and state["updates"] > spec.updates
-        if self.restored:
+        if state is not None and state["updates"] >= spec.updates:  # a resume's moments are only there
             self.neuron.restore(state)
+        if self.restored:
             log.info(
                 "restarted: restored checkpoint at update %d: bias=%+.4f axon=%s",
                 state["updates"],
@@ -463,13 +489,10 @@ class NeuronProcess:
 
     def _checkpoint(self) -> None:
         n = self.neuron
-        checkpoints.save(
-            self.site.run_dir,
-            self.spec.id,
-            n.updates,
-            checkpoints.neuron_state(n.axon.weights, float(n.bias), n.updates),
-            self.kept,
+        state = checkpoints.neuron_state(
+            n.axon.weights, float(n.bias), n.updates, n.axon.moments, n.bias_moments
         )
+        checkpoints.save(self.site.run_dir, self.spec.id, n.updates, state, self.kept)
         self.log.debug("checkpoint at update %d", n.updates)
 
     def _report(self) -> None:

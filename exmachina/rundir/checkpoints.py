@@ -108,12 +108,32 @@ def common_count(run_dir: str | Path, owners: Iterable[str]) -> int | None:
     return max(shared) if shared else None
 
 
-def neuron_state(weights: np.ndarray, bias: float, updates: int) -> dict[str, Any]:
-    return {"bias": float(bias), "weights": weights.astype("<f8").tobytes(), "updates": updates}
+def neuron_state(
+    weights: np.ndarray,
+    bias: float,
+    updates: int,
+    weight_moments: Iterable[np.ndarray] = (),
+    bias_moments: Iterable[np.ndarray | float] = (),
+) -> dict[str, Any]:
+    """A neuron's state; the moments are its optimizer's (none for plain SGD), one array shaped like
+    the axon and one number for the bias each, so that a restarted neuron resumes them too."""
+    return {
+        "bias": float(bias),
+        "weights": weights.astype("<f8").tobytes(),
+        "updates": updates,
+        "weight_moments": [m.astype("<f8").tobytes() for m in weight_moments],
+        "bias_moments": [float(m) for m in bias_moments],
+    }
 
 
 def weights_of(state: dict[str, Any]) -> np.ndarray:
     return np.frombuffer(state["weights"], dtype="<f8").copy()
+
+
+def moments_of(state: dict[str, Any]) -> tuple[list[np.ndarray], list[float]]:
+    """(moments of the axon, moments of the bias) of a neuron's state."""
+    weights = [np.frombuffer(m, dtype="<f8").copy() for m in state.get("weight_moments", [])]
+    return weights, [float(m) for m in state.get("bias_moments", [])]
 
 
 def assemble(run_dir: str | Path, initial: Any, ids_by_layer: list[tuple[str, ...]], count: int) -> Any:
