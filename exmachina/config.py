@@ -7,6 +7,7 @@ is started or written.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -187,21 +188,41 @@ def _plain(value: Any) -> Any:
 FILE_SOURCES = ("semeion", "csv")
 STARTUP_TIMEOUT_S = 60.0  # for every neuron's hello; a Ray placement adds 2 s per neuron by default
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+MAX_NAME = 64  # a run's and a layer's name: they become file, directory and socket names
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice in one mapping is an error, not the last one wins."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def load_config(path: str | Path) -> Config:
     """Read and validate a config file; raises ConfigError with one line naming file and key."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: byte {exc.start}: not a text file (UTF-8 YAML expected)") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader that refuses duplicate keys
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "?"
-        raise ConfigError(f"{path}: {where}: not valid YAML") from None
+        problem = getattr(exc, "problem", None)
+        what = problem if problem and problem.startswith("duplicate key") else "not valid YAML"
+        raise ConfigError(f"{path}: {where}: {what}") from None
     return config_from_dict(raw, source=str(path))
 
 
@@ -258,6 +279,8 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         accepts, expected = _SCALARS[hint]
         if not accepts(value):
             _fail(source, key, f"expected {expected}, got {value!r}")
+        if hint is float and not math.isfinite(value):
+            _fail(source, key, f"must be a finite number, got {value!r}")  # NaN passes most comparisons
         return float(value) if hint is float else value
     raise TypeError(f"config schema has an unsupported type {hint!r} at {key}")
 
@@ -342,6 +365,7 @@ _BOUNDS: dict[str, tuple[tuple[str, Callable[[Any], bool], str], ...]] = {
         ("batch_size", _at_least(1), "must be at least 1, got {}"),
         ("max_in_flight", _at_least(1), "must be at least 1, got {}"),
         ("stall_timeout", _positive, "must be positive"),
+        ("target_loss", lambda v: v >= 0, "must be >= 0, got {}"),
     ),
     "data": (
         ("targets", _at_least(1), "must be at least 1, got {}"),
@@ -350,6 +374,8 @@ _BOUNDS: dict[str, tuple[tuple[str, Callable[[Any], bool], str], ...]] = {
     ),
     "runtime": (
         ("log_backups", _at_least(1), "must be at least 1 (a log rotates into its backups), got {}"),
+        ("log_max_bytes", _at_least(1024), "must be at least 1024 (bytes before a log rotates), got {}"),
+        ("restart_period", _positive, "must be positive, got {}"),
         ("stats_interval", _positive, "must be positive"),
     ),
     "placement": (
@@ -370,7 +396,11 @@ def _check_layers(c: Config) -> None:
     """The run's name, then each layer's size, name and bias range, then the network's ranges."""
     s = c.source
     if not _NAME.match(c.name):
-        _fail(s, "name", f"must match {_NAME.pattern} (it names the run directory), got {c.name!r}")
+        _fail(s, "name", f"must match {_NAME.pattern} (it names the run directory), got {_short(c.name)}")
+    if len(c.name) > MAX_NAME:
+        _fail(s, "name", f"at most {MAX_NAME} characters (it names the run directory), got {len(c.name)}")
+    if c.seed < 0:
+        _fail(s, "seed", f"must be >= 0, got {c.seed}")
     layers = c.network.layers
     if len(layers) < 2:
         _fail(s, "network.layers", "need at least an input and an output layer")
@@ -380,16 +410,31 @@ def _check_layers(c: Config) -> None:
         if layer.size < 1:
             _fail(s, f"{key}.size", f"a layer needs at least one neuron, got {layer.size}")
         if not _NAME.match(layer.name):
-            _fail(s, f"{key}.name", f"must match {_NAME.pattern}, got {layer.name!r}")
+            _fail(s, f"{key}.name", f"must match {_NAME.pattern}, got {_short(layer.name)}")
+        if len(layer.name) > MAX_NAME:
+            _fail(
+                s, f"{key}.name", f"at most {MAX_NAME} characters (it names sockets), got {len(layer.name)}"
+            )
         if layer.name in seen or layer.name == "coordinator":
             _fail(s, f"{key}.name", f"layer name {layer.name!r} is already taken")
         seen.add(layer.name)
-        if layer.bias_init is not None and layer.bias_init[0] > layer.bias_init[1]:
-            _fail(s, f"{key}.bias_init", f"low end above high end: {list(layer.bias_init)}")
+        if layer.bias_init is not None:
+            _check_range(s, f"{key}.bias_init", layer.bias_init)
     for key in ("weight_init", "bias_init"):
-        lo, hi = getattr(c.network, key)
-        if lo > hi:
-            _fail(s, f"network.{key}", f"low end above high end: [{lo}, {hi}]")
+        _check_range(s, f"network.{key}", getattr(c.network, key))
+
+
+def _check_range(source: str, key: str, value: Range) -> None:
+    """A range to draw from uniformly: its ends in order, and its width a finite number."""
+    lo, hi = value
+    if lo > hi:
+        _fail(source, key, f"low end above high end: [{lo}, {hi}]")
+    if not math.isfinite(hi - lo):
+        _fail(source, key, f"range too wide to draw from: [{lo}, {hi}]")
+
+
+def _short(text: str) -> str:
+    return repr(text) if len(text) <= 80 else f"{text[:40]!r}... ({len(text)} characters)"
 
 
 def _check_loss(c: Config) -> None:

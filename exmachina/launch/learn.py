@@ -7,6 +7,7 @@ coordinator to the generic `supervisor` package and waits for the coordinator to
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -21,7 +22,7 @@ import typer
 from exmachina.config import Config, ConfigError, load_config
 from exmachina.data import datasets
 from exmachina.data.datasets import DatasetError
-from exmachina.launch import placement
+from exmachina.launch import capacity, placement
 from exmachina.launch.memory import PeakMemory
 from exmachina.model import parameters as parameters_module
 from exmachina.model import topology
@@ -39,10 +40,39 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STALLED = 0, 1, 2, 3
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
-def prepare(config_path: str | Path) -> tuple[Config, datasets.Dataset]:
+def prepare(config_path: str | Path, new_run: bool = True) -> tuple[Config, datasets.Dataset]:
     """Everything that can be checked before a single file or process is made."""
     config = load_config(config_path)
+    capacity.check(config)
+    if new_run:
+        check_runs_dir(config)
+    if config.runtime.transport == "tcp" and config.placement.engine == "local":
+        check_host(config)
     return config, datasets.load(config)
+
+
+def check_runs_dir(config: Config) -> None:
+    """The run directory can be made: runs_dir is (or can become) a directory this process writes."""
+    path = Path(config.runtime.runs_dir).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    key = f"{config.source}: runtime.runs_dir"
+    if not existing.is_dir():
+        raise ConfigError(f"{key}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: cannot write in {existing} (read-only or not ours)")
+
+
+def check_host(config: Config) -> None:
+    """The address neurons bind over tcp is one of this machine's (a probe: the port is let go, and
+    no process is told of it)."""
+    host = config.runtime.host
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, 0))
+    except OSError as exc:
+        raise ConfigError(
+            f"{config.source}: runtime.host: cannot bind {host!r} here ({exc.strerror or exc})"
+        ) from None
 
 
 @dataclass
@@ -80,7 +110,7 @@ def learn(
             run = resolve(resume)
             if not run.config.exists():
                 raise ConfigError(f"{run.path}: not a run directory (no config.yaml)")
-            config, data = prepare(run.config)
+            config, data = prepare(run.config, new_run=False)
             resumption = find_resumption(run, config)
         else:
             config, data = prepare(config_path)
@@ -121,7 +151,14 @@ def _learn(
         return EXIT_BAD_INPUT
     rt = config.runtime
     train, holdout = datasets.split(data, config.data.holdout, config.seed)
-    run, start, updates, position = _starting_point(config, resumption)
+    try:
+        run, start, updates, position = _starting_point(config, resumption)
+    except OSError as exc:
+        print(
+            f"exmachina: {config.source}: runtime.runs_dir: cannot make the run directory: {exc}",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     specs = topology.neurons(config, start, updates)
     # CURVE keys live only in memory: each child's own keypair travels in its start arguments (the
     # forkserver's pipe), the public ones in the Site. A resumed run makes new ones: nothing to keep.
@@ -157,8 +194,9 @@ def _coordinator_address(config: Config, sockets: Path | None, host: str) -> str
     if sockets is None:
         return f"tcp://{host}:{_free_port(host)}"
     coordinator = transport.bind_address("ipc", str(sockets), COORDINATOR)
-    for spec_id in topology.layer_ids(config, 0):
-        transport.bind_address("ipc", str(sockets), topology.socket_name(spec_id))
+    for layer in range(len(config.layer_sizes)):
+        longest = topology.layer_ids(config, layer)[-1]  # the highest index has the most digits
+        transport.bind_address("ipc", str(sockets), topology.socket_name(longest))
     return coordinator
 
 
@@ -168,7 +206,8 @@ def _starting_point(
     """(run directory, parameters, updates done, coordinator position): a new run from the seed's
     draw, or a resumed one from its checkpoint, with everything written after that checkpoint gone."""
     if resumption is None:
-        return RunDir.create(config), parameters_module.initial(config), 0, None
+        initial = parameters_module.initial(config)  # drawn first: a fault here leaves no directory
+        return RunDir.create(config), initial, 0, None
     run, start, updates, position = (
         resumption.run,
         resumption.parameters,
