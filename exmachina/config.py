@@ -86,6 +86,8 @@ class RuntimeConfig:
     checkpoint_every: int = 100
     max_restarts: int = 5  # restart intensity: at most this many restarts ...
     restart_period: float = 10.0  # ... within this many seconds
+    # curve: off over tcp on an address other hosts reach: refused unless this says it is meant
+    allow_clear_tcp: bool = False
 
 
 @dataclass(frozen=True)
@@ -461,8 +463,24 @@ def _check_runtime(c: Config) -> None:
     s, r = c.source, c.runtime
     if r.max_restarts < 0 or r.restart_period <= 0:
         _fail(s, "runtime.max_restarts", "restart intensity needs max_restarts >= 0 and restart_period > 0")
+    if r.transport == "tcp" and r.curve == "off" and not _loopback(r.host) and not r.allow_clear_tcp:
+        _fail(
+            s,
+            "runtime.curve",
+            f"off over tcp on {r.host}: anyone who reaches its ports can forge frames; set "
+            "runtime.allow_clear_tcp: true on a trusted network (docs/security.md)",
+        )
     if r.snapshot_every < 0 or r.checkpoint_every < 0:
         _fail(s, "runtime.checkpoint_every", "snapshot_every and checkpoint_every must be >= 0")
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _check_placement(c: Config) -> None:

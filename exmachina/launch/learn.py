@@ -175,6 +175,12 @@ def _learn(
         rt.checkpoint_every,
         curve.public_keys(keys) if keys else None,
     )
+    if rt.transport == "tcp" and not config.uses_curve:
+        print(
+            f"exmachina: WARNING: curve: off over tcp: links on {host} are in the clear, and any process "
+            "that reaches a port can forge frames or stop the run (docs/security.md)",
+            file=sys.stderr,
+        )
     on_ray = config.placement.engine == "ray"
     children = child_specs(config, site, [] if on_ray else specs, (train, holdout), position, keys)
     log = open_log("supervisor", run.log("supervisor"), rt.log_level, rt.log_max_bytes, rt.log_backups)
