@@ -57,6 +57,8 @@ class TrainingConfig:
     stall_timeout: float = 30.0  # seconds without progress before a sample counts as lost
     batch_size: int = 1  # samples per synapse message; weights move by the batch mean (1: online)
     max_in_flight: int = 1  # batches in the network at once; 1 is exact SGD, more is pipelined
+    # a NaN or infinite loss or weight: stop the run (exit 1, the last finite model kept), or ignore it
+    nan_policy: Literal["stop", "ignore"] = "stop"
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,14 @@ and what the user is told."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from exmachina.config import ConfigError, config_from_dict
+from exmachina.model.parameters import Parameters
 from tests.helpers import run_learn, write_config, xor_config
 
 CLEAR_TCP = {"transport": "tcp", "curve": "off"}
@@ -25,3 +30,46 @@ def test_curve_off_over_tcp_is_warned_about_at_start(tmp_path):
     result = run_learn(path)
     assert result.returncode == 0, result.stderr
     assert "WARNING: curve: off over tcp" in result.stderr
+
+
+# -- non-finite numbers ------------------------------------------------------------------------------
+
+LINEAR = {
+    "layers": [
+        {"name": "input", "size": 2},
+        {"name": "hidden1", "size": 3, "activation": "identity"},
+        {"name": "output", "size": 1, "activation": "identity"},
+    ]
+}
+
+
+def test_a_loss_that_turns_infinite_stops_the_run_and_keeps_the_last_finite_model(tmp_path):
+    # identity units and a huge step: the weights grow without bound within a few updates
+    path = write_config(
+        tmp_path,
+        xor_config(
+            network=LINEAR, training={"learning_rate": 1e3, "epochs": 200}, runtime={"checkpoint_every": 1}
+        ),
+    )
+    result = run_learn(path)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "training diverged" in lines[0] and "nan_policy" in lines[0], result.stderr
+    run = only_run(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+    model = Parameters.load(run / "model.npz")
+    assert all(np.isfinite(a).all() for a in [*model.axons, *model.biases])
+    assert f"update {summary['model_from_checkpoints']}" in lines[0]
+
+
+def test_nan_policy_ignore_trains_on(tmp_path):
+    config = xor_config(network=LINEAR, training={"learning_rate": 1e3, "epochs": 30, "nan_policy": "ignore"})
+    result = run_learn(write_config(tmp_path, config))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((only_run(tmp_path) / "summary.json").read_text())["status"] == "completed"
+
+
+def only_run(tmp_path: Path) -> Path:
+    (run,) = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith("xor-")]
+    return run

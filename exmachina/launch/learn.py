@@ -29,7 +29,7 @@ from exmachina.model import topology
 from exmachina.model.parameters import Parameters
 from exmachina.model.topology import COORDINATOR, NeuronSpec
 from exmachina.network import curve, transport
-from exmachina.network.coordinator import coordinate
+from exmachina.network.coordinator import NO_SPACE, NO_SPACE_EXIT, Position, all_finite, coordinate
 from exmachina.network.neuron import serve
 from exmachina.rundir import checkpoints
 from exmachina.rundir.directory import RunDir, Site, resolve
@@ -86,16 +86,30 @@ class Resumption:
 
 
 def find_resumption(run: RunDir, config: Config) -> Resumption:
+    """The newest consistent cut that loads: a damaged file in a newer one is reported on stderr
+    and that cut passed over."""
     ids_by_layer = [topology.layer_ids(config, i) for i in range(len(config.layer_sizes))]
     owners = [nid for ids in ids_by_layer for nid in ids] + [COORDINATOR]
-    count = checkpoints.common_count(run.path, owners)
-    if count is None:
-        raise checkpoints.CheckpointError(
-            f"{run.path}: no checkpoint that every neuron and the coordinator share"
-        )
-    parameters = checkpoints.assemble(run.path, parameters_module.initial(config), ids_by_layer, count)
-    position = checkpoints.load(run.path, COORDINATOR, count)
-    return Resumption(run, count, parameters, position)
+    initial = parameters_module.initial(config)
+    for count in checkpoints.shared_counts(run.path, owners):
+        try:
+            parameters = checkpoints.assemble(run.path, initial, ids_by_layer, count)
+            position = checkpoints.load(run.path, COORDINATOR, count)
+        except checkpoints.CheckpointError as exc:
+            print(f"exmachina: {exc}: trying an older checkpoint", file=sys.stderr)
+            continue
+        return Resumption(run, count, parameters, position)
+    raise checkpoints.CheckpointError(
+        f"{run.path}: no checkpoint that every neuron and the coordinator share"
+    )
+
+
+def initial_cut(run: RunDir, specs: list[NeuronSpec]) -> None:
+    """The initial weights as a consistent cut at count 0: a run that crashes before its first
+    checkpoint resumes from where it began."""
+    for s in specs:
+        checkpoints.save(run.path, s.id, 0, checkpoints.neuron_state(s.axon, s.bias, 0), kept=[])
+    checkpoints.save(run.path, COORDINATOR, 0, Position().state(), kept=[])
 
 
 def learn(
@@ -160,6 +174,12 @@ def _learn(
         )
         return EXIT_BAD_INPUT
     specs = topology.neurons(config, start, updates)
+    if resumption is None:
+        try:
+            initial_cut(run, specs)
+        except OSError as exc:
+            print(f"exmachina: {run.path}: cannot write the initial checkpoint: {exc}", file=sys.stderr)
+            return EXIT_FAILED
     # CURVE keys live only in memory: each child's own keypair travels in its start arguments (the
     # forkserver's pipe), the public ones in the Site. A resumed run makes new ones: nothing to keep.
     keys = curve.generate([s.id for s in specs] + [COORDINATOR]) if config.uses_curve else None
@@ -261,7 +281,7 @@ class _Ending:
     def crashed(self) -> bool:
         """Stopped by too many restarts, or the coordinator died unasked."""
         return self.outcome.reason == "intensity_exceeded" or (
-            not self.signals and self.code not in (0, EXIT_STALLED)
+            not self.signals and self.code not in (0, EXIT_STALLED, NO_SPACE_EXIT)
         )
 
 
@@ -304,18 +324,30 @@ def _supervise(
 
 def _summarize(config: Config, run: RunDir, ending: _Ending, processes: int) -> dict:
     """The coordinator's summary.json with the supervisor's side of the story added, written back;
-    a crashed run also saves the model its neurons' checkpoints hold."""
-    summary = run.read_summary() or {"status": "failed"}
-    if ending.crashed:
+    a crashed or diverged run also saves the model its neurons' checkpoints hold (for a diverged
+    one the newest whose weights are all finite). On a full disk what cannot be written is left."""
+    try:
+        summary = run.read_summary() or {"status": "failed"}
+    except ValueError:  # a summary cut short
+        summary = {"status": "failed"}
+    if ending.code == NO_SPACE_EXIT:
+        summary["status"] = "disk_full"
+    elif ending.crashed:
         summary["status"] = "crashed"
-        summary["model_from_checkpoints"] = _model_from_checkpoints(config, run)
-    summary.update(
-        processes=processes,
-        peak_pss_mb=round(ending.peak_pss / 2**20, 1),
-        supervisor_restarts=ending.outcome.restarts,
-        supervisor_outcome=ending.outcome.reason,
-    )
-    run.write_summary(summary)
+    try:
+        if summary["status"] in ("crashed", "diverged"):
+            summary["model_from_checkpoints"] = _model_from_checkpoints(config, run)
+        summary.update(
+            processes=processes,
+            peak_pss_mb=round(ending.peak_pss / 2**20, 1),
+            supervisor_restarts=ending.outcome.restarts,
+            supervisor_outcome=ending.outcome.reason,
+        )
+        run.write_summary(summary)
+    except OSError as exc:
+        if exc.errno not in NO_SPACE:
+            raise
+        summary.update(status="disk_full", error=str(exc))
     return summary
 
 
@@ -348,7 +380,29 @@ def _exit_code(
             file=sys.stderr,
         )
         return EXIT_FAILED
+    resume = f"exmachina learn --resume {run.path}"
+    if summary.get("status") == "disk_full":
+        print(
+            f"exmachina: disk full ({summary.get('error', 'no space left')}): run stopped, its checkpoints "
+            f"kept; free some space, then resume with: {resume}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    if summary.get("status") == "diverged":
+        kept = summary.get("model_from_checkpoints")
+        model = f"model.npz holds the weights at update {kept}" if kept is not None else "no model written"
+        print(
+            f"exmachina: training diverged ({summary.get('error')}): run stopped, {model}; lower "
+            "training.learning_rate, or set training.nan_policy: ignore",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     if summary.get("status") == "stalled":
+        print(
+            f"exmachina: the run stalled (no progress for {config.training.stall_timeout:g} s, see "
+            f"{run.log(COORDINATOR)}): no model written; resume with: {resume}",
+            file=sys.stderr,
+        )
         return EXIT_STALLED
     return EXIT_OK if ending.code == 0 and summary.get("status") == "completed" else EXIT_FAILED
 
@@ -401,16 +455,19 @@ def child_specs(
 
 
 def _model_from_checkpoints(config: Config, run: RunDir) -> int | None:
-    """Save what can be saved: model.npz from the newest checkpoint every neuron shares."""
+    """Save what can be saved: model.npz from the newest checkpoint every neuron shares that loads
+    and is all finite; its count, or None."""
     ids_by_layer = [topology.layer_ids(config, i) for i in range(len(config.layer_sizes))]
-    count = checkpoints.common_count(run.path, [nid for ids in ids_by_layer for nid in ids])
-    if count is None:
-        return None
-    try:
-        checkpoints.assemble(run.path, parameters_module.initial(config), ids_by_layer, count).save(run.model)
-    except checkpoints.CheckpointError:
-        return None
-    return count
+    initial = parameters_module.initial(config)
+    for count in checkpoints.shared_counts(run.path, [nid for ids in ids_by_layer for nid in ids]):
+        try:
+            parameters = checkpoints.assemble(run.path, initial, ids_by_layer, count)
+        except checkpoints.CheckpointError:
+            continue
+        if all_finite(parameters):
+            parameters.save(run.model)
+            return count
+    return None
 
 
 def _describe(s: dict, run: RunDir) -> str:
@@ -426,7 +483,8 @@ def _describe(s: dict, run: RunDir) -> str:
             f"at epoch {s['best_epoch']})"
         )
     lines.append(f"  {s.get('processes')} processes, peak memory {s.get('peak_pss_mb')} MB (PSS, whole tree)")
-    lines.append(f"  run: {run.path}  (model.npz, metrics.jsonl, summary.json, neurons/*.log)")
+    written = [f.name for f in (run.model, run.metrics, run.summary) if f.exists()]
+    lines.append(f"  run: {run.path}  ({', '.join([*written, 'neurons/*.log'])})")
     return "\n".join(lines)
 
 

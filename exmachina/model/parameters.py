@@ -48,9 +48,13 @@ class Parameters:
             "learn_bias": np.array(self.learn_bias),
             "names": np.array(self.names),
         }
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+            os.replace(tmp, path)
+        except BaseException:  # a full disk: the old file stays, and no .tmp is left
+            tmp.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: str | Path) -> Parameters:

@@ -13,6 +13,7 @@ and replays that sample under a new id. The updates the neuron made since its ch
 from __future__ import annotations
 
 import collections
+import errno
 import itertools
 import os
 import signal
@@ -40,11 +41,17 @@ STOP_GRACE_S = 0.5  # on SIGTERM: for the sample in flight, then for the final c
 # orphaned coordinator gets 2 s in all from SIGTERM to SIGKILL: supervisor.lifeline.ORPHAN_GRACE_S)
 MAX_REPLAYS = 3  # a sample that stalls this many times running ends the run
 EVAL_BATCH = 64  # rows per message when only evaluating
+NO_SPACE_EXIT = 4  # the coordinator's exit code when the disk is full, as summary.json may not be written
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 SYNAPSE = (wire.Activity, wire.Error)
 
 
 class Stalled(RuntimeError):
     """No message arrived within the stall timeout: a neuron is gone or wedged."""
+
+
+class Diverged(RuntimeError):
+    """A loss or a weight is NaN or infinite (training.nan_policy: stop)."""
 
 
 class Stopped(Exception):
@@ -539,6 +546,11 @@ class Coordinator:
         """Book one completed batch: scores, position, and the periodic checkpoint and snapshot."""
         c, p = self.config, self.position
         losses = self.loss.value(flight.output, flight.y.T)
+        if c.training.nan_policy == "stop" and not np.all(np.isfinite(losses)):
+            raise Diverged(
+                f"the loss is {losses[~np.isfinite(losses)][0]} at epoch {p.epoch + 1}, "
+                f"update {p.updates + 1}"
+            )
         predicted, wanted = predictions(flight.output.T), predictions(flight.y)
         for row, loss, pred, want, x, out in zip(
             flight.rows, losses, predicted, wanted, flight.x, flight.output.T
@@ -578,7 +590,7 @@ class Coordinator:
         """Epochs until the last, the target loss, a stop or a stall; then the model and the summary."""
         p = self.position
         started, first = time.monotonic(), p.samples
-        status = ""
+        status = error = ""
         try:
             while not status and p.epoch < self.config.training.epochs:
                 status = self._epoch(train, holdout, progress, started)
@@ -587,6 +599,14 @@ class Coordinator:
         except Stalled as exc:
             status = "stalled"
             self.log.error("samples stalled %d times: %s", MAX_REPLAYS, exc)
+        except Diverged as exc:
+            status, error = "diverged", str(exc)
+            self.log.error("training diverged: %s", exc)
+        except OSError as exc:
+            if exc.errno not in NO_SPACE:
+                raise
+            status, error = "disk_full", str(exc)
+            self.log.error("disk full: %s", exc)
         status = status or "completed"
         if status == "stopped":
             self.log.info("stop requested at update %d: checkpointing what the neurons know", p.updates)
@@ -600,6 +620,8 @@ class Coordinator:
             "samples_per_s": (p.samples - first) / train_time if train_time else 0.0,
             "restarts": self.restarts,
         }
+        if error:
+            summary["error"] = error
         self._finish(summary, train, holdout)
         return summary
 
@@ -653,7 +675,11 @@ class Coordinator:
             else:
                 parameters.save(self.run.model)
         elif summary["status"] == "completed":
-            self.collect(wire.SNAPSHOT, -self.sample - 1).save(self.run.model)
+            parameters = self.collect(wire.SNAPSHOT, -self.sample - 1)
+            if self.config.training.nan_policy == "stop" and not all_finite(parameters):
+                summary.update(status="diverged", error="a weight is not finite at the end of training")
+                return
+            parameters.save(self.run.model)
             summary["final_loss"], summary["accuracy"], _ = self.evaluate(train)
             if holdout is not None:
                 summary["holdout_loss"], summary["holdout_accuracy"], _ = self.evaluate(holdout)
@@ -670,6 +696,7 @@ def coordinate(
 ) -> None:
     """Process entry point of the coordinator. `position`: where a resumed run takes up; `keys`: its
     own CURVE keypair when the run's links are encrypted."""
+    np.seterr(all="ignore")  # a non-finite loss is reported once, by training.nan_policy
     run = RunDir(site.run_dir)
     log = open_log(COORDINATOR, run.log(COORDINATOR), site.log_level, site.log_max_bytes, site.log_backups)
     log.info(
@@ -701,6 +728,11 @@ def coordinate(
     except Stalled as exc:
         log.error("start-up stalled: %s", exc)
         summary = {"status": "stalled", "epochs": 0, "samples": 0}
+    except OSError as exc:
+        if exc.errno not in NO_SPACE:
+            raise
+        log.error("disk full: %s", exc)
+        summary = {"status": "disk_full", "error": str(exc), "epochs": 0, "samples": 0}
     finally:
         progress.close()
         summary.update(
@@ -709,8 +741,7 @@ def coordinate(
             neurons=len(coordinator.all_ids),
             dropped_messages=coordinator.dropped,
         )
-        run.write_summary(summary)
-        log.info("end: %s", summary)
+        _write_summary(run, summary, log)
         if coordinator.gatekeeper is not None:  # its thread uses the context's sockets: it goes first
             coordinator.gatekeeper.stop()
         coordinator.ctx.destroy(linger=0)  # nothing it still queues is owed to anyone
@@ -718,3 +749,21 @@ def coordinate(
         close_log(log)
     if summary["status"] == "stalled":
         raise SystemExit(3)
+    if summary["status"] == "disk_full":
+        raise SystemExit(NO_SPACE_EXIT)
+
+
+def all_finite(parameters: Parameters) -> bool:
+    """Every weight and bias a finite number."""
+    return all(np.all(np.isfinite(a)) for a in [*parameters.axons, *parameters.biases])
+
+
+def _write_summary(run: RunDir, summary: dict, log: Log) -> None:
+    """summary.json; on a full disk the status goes out by the exit code instead."""
+    try:
+        run.write_summary(summary)
+    except OSError as exc:
+        if exc.errno not in NO_SPACE:
+            raise
+        summary.update(status="disk_full", error=str(exc))
+    log.info("end: %s", summary)
