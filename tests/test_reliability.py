@@ -4,15 +4,24 @@ and what the user is told."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
+import yaml
 
 from exmachina.config import ConfigError, config_from_dict
 from exmachina.model.parameters import Parameters
-from tests.helpers import run_learn, write_config, xor_config
+from exmachina.model.topology import COORDINATOR
+from exmachina.rundir import checkpoints
+from tests.helpers import run_dir, run_learn, start_learn, wait_for, write_config, xor_config
 
 CLEAR_TCP = {"transport": "tcp", "curve": "off"}
 
@@ -73,3 +82,203 @@ def test_nan_policy_ignore_trains_on(tmp_path):
 def only_run(tmp_path: Path) -> Path:
     (run,) = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith("xor-")]
     return run
+
+
+# -- checkpoints: damaged, ahead of the network, none yet ------------------------------------------
+
+
+def neuron_pid(proc: subprocess.Popen, title: str) -> int:
+    """The pid of one process of this run (a descendant of its supervisor) by its title's tail."""
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        try:
+            if " ".join(child.cmdline()).strip() == f"exmachina: {title}":
+                return child.pid
+        except psutil.Error:
+            continue
+    return 0
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+    return proc.returncode, out, err
+
+
+def epochs_done(tmp_path: Path) -> int:
+    path = tmp_path / "runs" / "latest" / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+    return max((m["epoch"] for m in lines if m.get("event") == "epoch"), default=0)
+
+
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def resume(run: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "exmachina.supervisor", "--resume", str(run)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=run.parent.parent,
+    )
+
+
+def ckpt(run: Path, owner: str, count: int) -> Path:
+    return checkpoints.directory(run) / f"{owner}.{count:012d}.ckpt"
+
+
+def test_a_restarting_neuron_passes_over_its_damaged_newest_checkpoint(tmp_path):
+    path = write_config(tmp_path, xor_config(training={"epochs": 400}, runtime={"checkpoint_every": 20}))
+    proc = start_learn(path)
+    try:
+        run = run_dir(tmp_path)
+        wait_for(lambda: checkpoints.counts(run, "hidden1.0")[-1] >= 40, timeout=60)
+        victim = wait_for(lambda: neuron_pid(proc, "neuron hidden1.0"))
+        os.kill(victim, signal.SIGSTOP)  # no newer checkpoint while its newest is damaged
+        older, newest = checkpoints.counts(run, "hidden1.0")[-2:]
+        flip_a_byte(ckpt(run, "hidden1.0", newest))
+        os.kill(victim, signal.SIGKILL)
+        code, _, err = finish(proc)
+    finally:
+        proc.kill()
+    assert code == 0, err
+    assert "damaged checkpoint (checksum mismatch): using an older checkpoint" in err
+    log = (run / "neurons" / "hidden1.0.log").read_text()
+    assert f"restored checkpoint at update {older}:" in log
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+
+
+def test_resume_passes_over_a_damaged_newest_cut(tmp_path):
+    path = write_config(tmp_path, xor_config(training={"epochs": 200}, runtime={"checkpoint_every": 20}))
+    proc = start_learn(path)
+    try:
+        wait_for(lambda: epochs_done(tmp_path) >= 40, timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        code, _, err = finish(proc)
+    finally:
+        proc.kill()
+    assert code == 143, err
+    run = run_dir(tmp_path)
+    newest = checkpoints.counts(run, COORDINATOR)[-1]
+    flip_a_byte(ckpt(run, "output.0", newest))
+    result = resume(run)
+    assert result.returncode == 0, result.stderr
+    assert "damaged checkpoint (checksum mismatch): trying an older checkpoint" in result.stderr
+    assert f"resuming at update {newest}" not in result.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs"] == 200
+
+
+def test_a_run_that_crashes_before_its_first_checkpoint_resumes_from_its_initial_weights(tmp_path):
+    config = xor_config(training={"epochs": 150}, runtime={"checkpoint_every": 100_000})
+    proc = start_learn(write_config(tmp_path, config))
+    try:
+        wait_for(lambda: epochs_done(tmp_path) >= 2, timeout=60)
+        os.kill(wait_for(lambda: neuron_pid(proc, "coordinator")), signal.SIGKILL)
+        code, _, err = finish(proc)
+    finally:
+        proc.kill()
+    assert code == 1 and "--resume" in err, err
+    run = run_dir(tmp_path)
+    result = resume(run)
+    assert result.returncode == 0, result.stderr
+    assert "resuming at update 0" in result.stdout
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_neuron_restarted_with_a_checkpoint_ahead_of_the_network_never_learns_a_batch_twice(tmp_path):
+    # Stop both input neurons: the batch in flight can complete in the hidden layer (whose neurons
+    # checkpoint every update) but not in the network. A hidden neuron killed then has a newest
+    # checkpoint one update ahead of the network's count, and the batch is replayed.
+    config = xor_config(training={"epochs": 300}, runtime={"checkpoint_every": 1})
+    proc = start_learn(write_config(tmp_path, config))
+    inputs: list[int] = []
+    try:
+        run = run_dir(tmp_path)
+        wait_for(lambda: epochs_done(tmp_path) >= 5, timeout=60)
+        inputs = [wait_for(lambda n=n: neuron_pid(proc, f"neuron input.{n}")) for n in (0, 1)]
+        ahead = None
+        for _ in range(50):
+            for pid in inputs:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                ahead = wait_for(
+                    lambda: (
+                        checkpoints.counts(run, "hidden1.0")[-1] > checkpoints.counts(run, COORDINATOR)[-1]
+                    ),
+                    timeout=1,
+                )
+                break
+            except AssertionError:
+                for pid in inputs:
+                    os.kill(pid, signal.SIGCONT)
+        assert ahead, "the hidden layer never got ahead of the network"
+        os.kill(wait_for(lambda: neuron_pid(proc, "neuron hidden1.0")), signal.SIGKILL)
+        for pid in inputs:
+            os.kill(pid, signal.SIGCONT)
+        code, _, err = finish(proc)
+    finally:
+        for pid in inputs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        proc.kill()
+    assert code == 0, err
+    log = (run / "neurons" / "hidden1.0.log").read_text()
+    assert "restart: lost" in log and "restart: lost -" not in log, log[-2000:]
+
+
+# -- a full disk --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB tmpfs, grown to 64 MB by calling what this yields."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount, lambda: subprocess.run(["mount", "-o", "remount,size=64m", str(mount)], check=True)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.mark.timeout(300)
+def test_a_full_disk_stops_the_run_in_one_line_and_resume_finishes_it_once_space_is_back(
+    tmp_path, small_disk
+):
+    mount, grow = small_disk
+    # debug logs fill 2 MB within a few hundred samples; every neuron checkpoints every update
+    config = xor_config(training={"epochs": 400}, runtime={"checkpoint_every": 1, "log_level": "debug"})
+    path = write_config(tmp_path, config)
+    raw = yaml.safe_load(path.read_text())
+    raw["runtime"]["runs_dir"] = str(mount / "runs")
+    path.write_text(yaml.safe_dump(raw))
+    result = run_learn(path, timeout=240)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1, result.stderr
+    assert len(lines) == 1 and "disk full" in lines[0] and "--resume" in lines[0], result.stderr
+    (run,) = [p for p in (mount / "runs").iterdir() if p.name.startswith("xor-")]
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")], "no .tmp left behind"
+    for file in checkpoints.directory(run).glob("*.ckpt"):
+        owner, count = file.name.rsplit(".", 2)[0], int(file.name.rsplit(".", 2)[1])
+        checkpoints.load(run, owner, count)  # every checkpoint whole
+    grow()
+    resumed = resume(run, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs"] == 400
+    epochs = [
+        json.loads(line)["epoch"]
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+        if '"epoch"' in line
+    ]
+    assert epochs == sorted(set(epochs)), "each epoch recorded once, across the stop"
