@@ -21,7 +21,7 @@ from exmachina.config import ConfigError, config_from_dict
 from exmachina.model.parameters import Parameters
 from exmachina.model.topology import COORDINATOR
 from exmachina.rundir import checkpoints
-from tests.helpers import run_dir, run_learn, start_learn, wait_for, write_config, xor_config
+from tests.helpers import learn_command, run_dir, run_learn, start_learn, wait_for, write_config, xor_config
 
 CLEAR_TCP = {"transport": "tcp", "curve": "off"}
 
@@ -282,3 +282,36 @@ def test_a_full_disk_stops_the_run_in_one_line_and_resume_finishes_it_once_space
         if '"epoch"' in line
     ]
     assert epochs == sorted(set(epochs)), "each epoch recorded once, across the stop"
+
+
+# -- tcp: the coordinator's port ------------------------------------------------------------------------
+
+
+PORTS = "40000 40299"  # a network namespace's own ephemeral range, small: a released port is soon reused
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a network namespace of its own needs root")
+@pytest.mark.timeout(400)
+def test_the_coordinator_binds_its_own_tcp_port_while_a_hundred_neurons_bind_theirs(tmp_path):
+    """In a namespace whose ephemeral ports are few, a hundred neurons binding `tcp://host:*` soon
+    take any port that was picked for the coordinator and let go before it bound."""
+    wide = {
+        "layers": [
+            {"name": "input", "size": 2},
+            {"name": "hidden1", "size": 100},
+            {"name": "output", "size": 1},
+        ]
+    }
+    for attempt in range(5):
+        folder = tmp_path / str(attempt)
+        folder.mkdir()
+        config = xor_config(network=wide, training={"epochs": 1}, runtime=CLEAR_TCP)
+        command = " ".join(learn_command(write_config(folder, config)))
+        setup = (
+            f"ip link set lo up && echo {PORTS} > /proc/sys/net/ipv4/ip_local_port_range && exec {command}"
+        )
+        result = subprocess.run(
+            ["unshare", "--net", "sh", "-c", setup], capture_output=True, text=True, timeout=120, cwd=folder
+        )
+        assert result.returncode == 0, f"attempt {attempt}: {result.stderr}"
+        assert "Address already in use" not in result.stderr

@@ -7,6 +7,7 @@ coordinator to the generic `supervisor` package and waits for the coordinator to
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -28,6 +29,7 @@ from exmachina.model import parameters as parameters_module
 from exmachina.model import topology
 from exmachina.model.parameters import Parameters
 from exmachina.model.topology import COORDINATOR, NeuronSpec
+from exmachina.network import coordinator as coordinator_module
 from exmachina.network import curve, transport
 from exmachina.network.coordinator import NO_SPACE, NO_SPACE_EXIT, Position, all_finite, coordinate
 from exmachina.network.neuron import serve
@@ -203,6 +205,7 @@ def _learn(
         )
     on_ray = config.placement.engine == "ray"
     children = child_specs(config, site, [] if on_ray else specs, (train, holdout), position, keys)
+    (run.path / coordinator_module.ADDRESS_FILE).unlink(missing_ok=True)  # a resumed run's, stale
     log = open_log("supervisor", run.log("supervisor"), rt.log_level, rt.log_max_bytes, rt.log_backups)
     actors = placement.RayNeurons(config, site, specs, log) if on_ray else None
     sup = _supervisor(children, config, log)
@@ -218,7 +221,7 @@ def _coordinator_address(config: Config, sockets: Path | None, host: str) -> str
     """Where the coordinator binds: an ipc socket in `sockets` (the longest names are checked up
     front, so that a socket directory too deep fails here, not in a child) or a free tcp port."""
     if sockets is None:
-        return f"tcp://{host}:{_free_port(host)}"
+        return f"tcp://{host}:*"  # the coordinator binds, then publishes the port it got
     coordinator = transport.bind_address("ipc", str(sockets), COORDINATOR)
     for layer in range(len(config.layer_sizes)):
         longest = topology.layer_ids(config, layer)[-1]  # the highest index has the most digits
@@ -308,6 +311,8 @@ def _supervise(
         started()
         sup.start()
         if actors is not None:  # a neuron Ray gave up on stops the run, as too many restarts do here
+            bound = coordinator_module.await_address(str(run.path))
+            actors.site = dataclasses.replace(actors.site, coordinator=bound)
             actors.start(keys, on_failure=lambda nid: sup.request_stop())
         memory.start()
         outcome = sup.run()
@@ -422,7 +427,7 @@ def child_specs(
     children = [
         ChildSpec(
             id=s.id,
-            target=serve,
+            target=coordinator_module.serve_neuron if site.transport == "tcp" else serve,
             args=(s, site, keys.get(s.id)),
             restart="permanent",
             shutdown=5.0,
@@ -501,12 +506,6 @@ def _set_title(title: str) -> None:
         setproctitle.setproctitle(title)
     except ImportError:  # pragma: no cover - it is a dependency
         pass
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def main(

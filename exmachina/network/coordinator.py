@@ -13,23 +13,27 @@ and replays that sample under a new id. The updates the neuron made since its ch
 from __future__ import annotations
 
 import collections
+import dataclasses
 import errno
 import itertools
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import zmq
 
-from exmachina.config import Config
+from exmachina.config import STARTUP_TIMEOUT_S, Config
 from exmachina.data.datasets import Dataset, epoch_order
 from exmachina.model.activations import LOSSES, accuracy, predictions
 from exmachina.model.parameters import Parameters, of_config
-from exmachina.model.topology import COORDINATOR, INBOX, layer_ids
+from exmachina.model.topology import COORDINATOR, INBOX, NeuronSpec, layer_ids
 from exmachina.network import curve, transport, wire
+from exmachina.network.neuron import serve
 from exmachina.network.progress import Progress
 from exmachina.rundir import checkpoints
 from exmachina.rundir.directory import RunDir, Site, write_json
@@ -169,6 +173,10 @@ class Coordinator:
             self.gatekeeper = curve.Gatekeeper(self.ctx, neurons, log, site.public_keys)
             curve.serve(self.inbox, keys)
         self.inbox.bind(site.coordinator)
+        if site.coordinator.endswith(":*"):  # tcp: the port is the one the kernel gave this socket
+            bound = self.inbox.getsockopt_string(zmq.LAST_ENDPOINT)
+            self.site = site = dataclasses.replace(site, coordinator=bound)
+            publish_address(site.run_dir, bound)
         if self.gatekeeper is not None:
             self.gatekeeper.start(self.inbox)
             log.info("curve: inbox is a CURVE server with public key %s", keys.public.decode())
@@ -751,6 +759,41 @@ def coordinate(
         raise SystemExit(3)
     if summary["status"] == "disk_full":
         raise SystemExit(NO_SPACE_EXIT)
+
+
+ADDRESS_FILE = "coordinator.address"
+ADDRESS_POLL_S = 0.02
+
+
+def publish_address(run_dir: str, endpoint: str) -> None:
+    """Tell the run where the coordinator's tcp inbox is bound: written aside, then renamed."""
+    path = Path(run_dir) / ADDRESS_FILE
+    tmp = path.with_name(f".{ADDRESS_FILE}.tmp")
+    tmp.write_text(endpoint + "\n")
+    os.replace(tmp, path)
+
+
+def await_address(run_dir: str, timeout: float = STARTUP_TIMEOUT_S) -> str:
+    """The coordinator's bound tcp endpoint, once it has published it."""
+    path = Path(run_dir) / ADDRESS_FILE
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path}: the coordinator did not bind within {timeout:g} s")
+        time.sleep(ADDRESS_POLL_S)
+    return path.read_text().strip()
+
+
+def serve_neuron(spec: NeuronSpec, site: Site, keys: curve.Keypair | None = None) -> None:
+    """A neuron of a tcp run: the coordinator binds a port of its own choosing (`tcp://host:*`),
+    never one picked for it and released, which a neuron's own bind could take first; so a neuron
+    starts by reading the address the coordinator published."""
+    try:
+        endpoint = await_address(site.run_dir)
+    except TimeoutError as exc:
+        print(f"exmachina: neuron {spec.id}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    serve(spec, dataclasses.replace(site, coordinator=endpoint), keys)
 
 
 def all_finite(parameters: Parameters) -> bool:
