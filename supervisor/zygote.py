@@ -17,12 +17,15 @@ The wire, one request at a time (the supervisor holds a lock):
 The zygote is also the children's lifeline: if the control socket closes without a "Q", the
 supervisor died, and the zygote ends every child it forked (SIGTERM, then SIGKILL after the grace)
 before it exits. If the zygote itself is killed, its children live on (no false exits), and the next
-zygote adopts them: "A" with a pidfd of each, to end them too should the supervisor die.
+zygote adopts them: "A" with a pidfd of each, to end them too should the supervisor die. The
+supervisor is their subreaper meanwhile (PR_SET_CHILD_SUBREAPER): an orphan comes to it, not to init,
+so that it can still read how that child exited.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import importlib
 import os
@@ -91,6 +94,7 @@ class Zygote:
     def open(self) -> None:
         """Start the zygote and wait until it has imported `preload`; a no-op while it runs."""
         with self._lock:
+            _subreaper(True)
             self._open()
 
     def _open(self) -> None:
@@ -169,6 +173,7 @@ class Zygote:
         """End the zygote (its children are not touched) and reap it."""
         with self._lock:
             self._close()
+            _subreaper(False)
 
     def _close(self) -> None:
         if self._control is not None:
@@ -211,7 +216,9 @@ class ZygoteProcess:
                 data = os.read(self.sentinel, EXIT_CODE.size)
             if len(data) == EXIT_CODE.size:
                 self._exitcode = EXIT_CODE.unpack(data)[0]
-            elif self._orphaned or not self._watch_orphan():
+            elif self._orphaned:
+                self._exitcode = _reap_orphan(self.sentinel)
+            elif not self._watch_orphan():
                 self._exitcode = UNKNOWN_EXIT
         return self._exitcode
 
@@ -246,6 +253,27 @@ class ZygoteProcess:
     def _signal(self, signum: int) -> None:
         if self.pid is not None and self.exitcode is None:  # never signal a pid that may be reused
             os.kill(self.pid, signum)
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _subreaper(on: bool) -> None:
+    """Be (or stop being) the subreaper of every descendant: a dead zygote's children then come to
+    this process, which can wait for them. Linux only; elsewhere their exit codes are unknown."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
+
+
+def _reap_orphan(pidfd: int) -> int:
+    """The exit code of an ended child of a vanished zygote, reparented to this (sub)reaper."""
+    try:
+        result = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+    except (AttributeError, OSError):  # not ours to wait for (no subreaper), or no waitid on pidfds
+        return UNKNOWN_EXIT
+    if result is None:
+        return UNKNOWN_EXIT
+    return result.si_status if result.si_code == os.CLD_EXITED else -result.si_status
 
 
 # -- the zygote process -----------------------------------------------------------------------------

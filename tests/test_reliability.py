@@ -315,3 +315,20 @@ def test_the_coordinator_binds_its_own_tcp_port_while_a_hundred_neurons_bind_the
         )
         assert result.returncode == 0, f"attempt {attempt}: {result.stderr}"
         assert "Address already in use" not in result.stderr
+
+
+# -- a killed zygote ----------------------------------------------------------------------------------
+
+
+def test_a_run_whose_zygote_was_killed_and_then_completes_is_reported_completed(tmp_path):
+    path = write_config(tmp_path, xor_config(training={"epochs": 300}, runtime={"checkpoint_every": 20}))
+    proc = start_learn(path)
+    try:
+        wait_for(lambda: epochs_done(tmp_path) >= 20, timeout=60)
+        os.kill(wait_for(lambda: neuron_pid(proc, "supervisor [zygote]")), signal.SIGKILL)
+        code, out, err = finish(proc)
+    finally:
+        proc.kill()
+    assert code == 0, err
+    assert "completed after 300 epochs" in out
+    assert json.loads((run_dir(tmp_path) / "summary.json").read_text())["status"] == "completed"
