@@ -183,7 +183,7 @@ def test_ps_lists_every_neuron_of_a_live_run_with_its_pid(tmp_path):
             pid = int(cells[2])
             assert pid == stats["neurons"][nid]["pid"] and psutil.pid_exists(pid), row
             assert float(cells[5]) > 0, row  # messages in per second: it is learning
-        assert re.search(r": sample \d+, \d+ samples/s", out), out
+        assert re.search(r": \d+ samples in \d+ batches, \d+ samples/s", out), out
         coordinator = next(line for line in out.splitlines() if "│ coordinator " in line)
         assert f" {stats['coordinator']['pid']} " in coordinator, coordinator
         assert "│ supervisor " in out

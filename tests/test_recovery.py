@@ -154,9 +154,12 @@ def test_crash_on_start_is_retried_then_the_run_stops_clearly(tmp_path):
     assert code == 1
     *crashes, last = err.strip().splitlines()
     assert "too many restarts" in last and "--resume" in last, err
+    restarts = [line for line in crashes if line.endswith("restarting it from its checkpoint")]
+    crashes = [line for line in crashes if line not in restarts]
     assert crashes and all(
         line.startswith("exmachina: neuron hidden1.0 crashed on start:") for line in crashes
     )
+    assert restarts and all(line.startswith("exmachina: neuron hidden1.0 ended (") for line in restarts)
     log = (run / "neurons" / "supervisor.log").read_text()
     assert log.count("restarting hidden1.0") >= 3
 

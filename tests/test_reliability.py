@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -332,3 +333,90 @@ def test_a_run_whose_zygote_was_killed_and_then_completes_is_reported_completed(
     assert code == 0, err
     assert "completed after 300 epochs" in out
     assert json.loads((run_dir(tmp_path) / "summary.json").read_text())["status"] == "completed"
+
+
+# -- stops that say what happened ----------------------------------------------------------------------
+
+
+def test_a_stalled_run_says_so_in_one_line_and_claims_no_model(tmp_path):
+    config = xor_config(training={"epochs": 100_000, "stall_timeout": 0.5})
+    proc = start_learn(write_config(tmp_path, config))
+    victim = 0
+    try:
+        wait_for(lambda: epochs_done(tmp_path) >= 5, timeout=60)
+        victim = wait_for(lambda: neuron_pid(proc, "neuron hidden1.1"))
+        os.kill(victim, signal.SIGSTOP)  # alive, so never restarted: the samples stall
+        code, out, err = finish(proc)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGCONT)
+        proc.kill()
+    assert code == 3, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "stalled" in lines[0] and "--resume" in lines[0], err
+    run = run_dir(tmp_path)
+    assert not (run / "model.npz").exists() and "model.npz" not in out
+
+
+def test_sigterm_says_it_is_stopping_at_once_and_how_to_resume(tmp_path):
+    proc = start_learn(write_config(tmp_path, xor_config(training={"epochs": 100_000})))
+    try:
+        wait_for(lambda: epochs_done(tmp_path) >= 5, timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        first = ""
+        while not first.strip():
+            first = proc.stderr.readline()  # the first thing said after the signal
+        code, _, err = finish(proc)
+    finally:
+        proc.kill()
+    assert "stopping: saving the model" in first
+    assert code == 143 and f"resume with: exmachina learn --resume {run_dir(tmp_path)}" in err, err
+
+
+def test_the_terminal_shows_a_line_when_a_neuron_restarts(tmp_path):
+    proc = start_learn(write_config(tmp_path, xor_config(training={"epochs": 300})))
+    try:
+        wait_for(lambda: epochs_done(tmp_path) >= 5, timeout=60)
+        os.kill(wait_for(lambda: neuron_pid(proc, "neuron hidden1.2")), signal.SIGKILL)
+        code, _, err = finish(proc)
+    finally:
+        proc.kill()
+    assert code == 0, err
+    assert "exmachina: neuron hidden1.2 ended (killed by SIGKILL): restarting it from its checkpoint" in err
+
+
+def exmachina(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "exmachina", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_kill_signals_the_neuron_of_that_run_only_and_ps_counts_batches_as_batches(tmp_path):
+    """Two runs of the same network on one machine: their neurons have the same titles."""
+    folders = [tmp_path / "a", tmp_path / "b"]
+    procs = []
+    try:
+        for folder in folders:
+            folder.mkdir()
+            config = xor_config(
+                training={"epochs": 100_000, "batch_size": 2}, runtime={"stats_interval": 0.2}
+            )
+            procs.append(start_learn(write_config(folder, config)))
+        runs = [run_dir(folder) for folder in folders]
+        for run in runs:
+            wait_for(lambda run=run: (run / "stats.json").exists(), timeout=60)
+        shown = exmachina("ps", str(runs[0]), cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        samples, batches = map(int, re.search(r": (\d+) samples in (\d+) batches", shown.stdout).groups())
+        assert samples == 2 * batches > 0, shown.stdout
+        before = [neuron_pid(p, "neuron hidden1.0") for p in procs]
+        killed = exmachina("kill", str(runs[0]), "--neuron", "hidden1.0", cwd=tmp_path)
+        assert killed.returncode == 0, killed.stderr
+        assert f"(pid {before[0]})" in killed.stdout
+        wait_for(lambda: neuron_pid(procs[0], "neuron hidden1.0") not in (0, before[0]), timeout=30)
+        assert neuron_pid(procs[1], "neuron hidden1.0") == before[1], "the other run's neuron is untouched"
+        bad = exmachina("kill", str(runs[0]), "--neuron", "hidden9.0", cwd=tmp_path)
+        assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1, bad.stderr
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            finish(proc)

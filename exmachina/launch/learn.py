@@ -302,6 +302,8 @@ def _supervise(
     received: list[int] = []
 
     def on_signal(signum: int, frame: object) -> None:
+        if not received:
+            print("\nexmachina: stopping: saving the model and a checkpoint ...", file=sys.stderr, flush=True)
         received.append(signum)
         sup.request_stop()
 
@@ -362,6 +364,11 @@ def _exit_code(
     """The exit code, with a line on stderr saying how to resume a run that failed."""
     rt = config.runtime
     if ending.signals:
+        print(
+            f"exmachina: stopped at update {summary.get('updates', 0)}; resume with: exmachina learn "
+            f"--resume {run.path}",
+            file=sys.stderr,
+        )
         return SIGNAL_EXIT[ending.signals[0]]
     if ending.outcome.reason == "intensity_exceeded":
         print(
@@ -497,6 +504,19 @@ def _log_event(log: Log, event: Event) -> None:
     failed = event.kind in ("exited", "restarting", "intensity_exceeded") and event.exitcode
     say = log.warning if failed else log.info
     say("%s %s pid=%s exitcode=%s", event.kind, event.child or "", event.pid, event.exitcode)
+    if event.kind == "restarting" and event.child != COORDINATOR:
+        print(
+            f"exmachina: neuron {event.child} ended ({_how(event.exitcode)}): restarting it from its "
+            "checkpoint",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _how(exitcode: int | None) -> str:
+    if exitcode is not None and -exitcode in signal.valid_signals():
+        return f"killed by {signal.Signals(-exitcode).name}"
+    return f"exit code {exitcode}"
 
 
 def _set_title(title: str) -> None:

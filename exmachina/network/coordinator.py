@@ -249,9 +249,10 @@ class Coordinator:
         me = {
             "pid": os.getpid(),
             "time": time.time(),
-            "sample": self.sample,
+            "sample": self.sample,  # the last batch id: batches launched, replays and evaluation included
+            "samples": self.position.samples,  # training samples learnt from
             "dropped": self.dropped,
-            "updates": self.position.updates,
+            "updates": self.position.updates,  # training batches learnt from
             "restarts": self.restarts,
         }
         # rewritten every stats interval while every neuron waits on this process: compact
