@@ -420,3 +420,15 @@ def test_kill_signals_the_neuron_of_that_run_only_and_ps_counts_batches_as_batch
             proc.send_signal(signal.SIGTERM)
         for proc in procs:
             finish(proc)
+
+
+@pytest.mark.unit
+def test_a_model_file_with_a_flipped_byte_is_refused_in_one_line(tmp_path):
+    from exmachina.model import parameters, trained
+
+    model = tmp_path / "model.npz"
+    parameters.initial(config_from_dict(xor_config())).save(model)
+    flip_a_byte(model)
+    with pytest.raises(trained.ModelError, match=r"model\.npz: .*damaged model file") as caught:
+        trained.load(model)
+    assert "\n" not in str(caught.value)
