@@ -83,10 +83,10 @@ def _using(job) -> None:
 
 @app.command()
 def predict(
-    run: ModelArg = None,
     data: Annotated[
         Path, typer.Option("--data", "-d", help="rows of inputs (targets after them are scored)")
-    ] = ...,
+    ],
+    run: ModelArg = None,
     json_list: Annotated[bool, typer.Option("--json", help="one JSON list of every row's outputs")] = False,
     classes: Annotated[
         bool, typer.Option("--classes", help="the class of each row instead of its outputs")
@@ -166,8 +166,8 @@ def logs(
 
 @app.command()
 def inspect(
+    neuron: Annotated[str, typer.Option("--neuron", "-n", help="the neuron, e.g. hidden1.3")],
     run: RunArg = None,
-    neuron: Annotated[str, typer.Option("--neuron", "-n", help="the neuron, e.g. hidden1.3")] = ...,
 ) -> None:
     """One neuron's story: synapses, weights and how they moved, activity, errors, messages, restarts."""
     from exmachina.tools.inspection import inspect_neuron
@@ -201,8 +201,8 @@ def kill(
 
 @app.command()
 def trace(
+    sample: Annotated[int, typer.Option("--sample", "-s", help="the sample number, from 1")],
     run: RunArg = None,
-    sample: Annotated[int, typer.Option("--sample", "-s", help="the sample number, from 1")] = ...,
 ) -> None:
     """One sample's path, forward then backward, with the time of every hop (needs log level debug)."""
     from exmachina.tools.trace import show_trace

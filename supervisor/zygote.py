@@ -130,9 +130,10 @@ class Zygote:
         """Fork a child that runs `target(*args)`; returns its pid, its sentinel (a descriptor) and
         the zygote's pid."""
         self.open()
-        cwd, path = os.getcwd(), list(sys.path)
-        if (cwd, path) == self._started_with:  # the usual case: the child need not change either
-            cwd, path = None, None
+        moved: tuple[str, list[str]] | None = (os.getcwd(), list(sys.path))
+        if moved == self._started_with:  # the usual case: the child need not change either
+            moved = None
+        cwd, path = moved or (None, None)
         payload = pickle.dumps((cwd, path, target, args))  # unpicklable targets fail here, before a fork
         with self._lock:
             assert self._control is not None
@@ -225,6 +226,8 @@ class ZygoteProcess:
     def _watch_orphan(self) -> bool:
         """The zygote vanished (its end of the exit pipe closed unsent) while this child may live on:
         watch the child itself through a pidfd, readable once it ends. False if it has ended."""
+        if self.pid is None or self.sentinel is None:
+            return False
         try:
             pidfd = os.pidfd_open(self.pid)
         except (AttributeError, OSError):  # gone already, or no pidfd on this system
@@ -324,7 +327,7 @@ class _Forker:
     end them all if the supervisor goes away without a "Q"."""
 
     def __init__(
-        self, control: socket.socket, selector: selectors.BaseSelector, wake_r: int, wake_w: int
+        self, control: socket.socket, selector: selectors.DefaultSelector, wake_r: int, wake_w: int
     ) -> None:
         self.control, self.selector, self.wake_r, self.wake_w = control, selector, wake_r, wake_w
         self.exits: dict[int, int] = {}  # live child pid -> write end of its exit pipe

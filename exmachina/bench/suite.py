@@ -3,12 +3,13 @@ results.json."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -93,10 +94,10 @@ class Bench:
             return {"status": "ok", **bare_network(sizes, p.bare_samples, sockets, timeout)}
 
         for sizes in ([2, 2, 1], [256, 8, 10])[: 2 if p.semeion_samples else 1]:
-            bare.append(self.row("bare " + "-".join(map(str, sizes)), lambda z=sizes: measure(z)))
+            bare.append(self.row("bare " + "-".join(map(str, sizes)), functools.partial(measure, sizes)))
         return {"ceiling": ceiling, "latency": latency, "bare": bare}
 
-    def training(self, semeion: Path, ceiling: float | None, bare: list[dict] = ()) -> list[dict]:
+    def training(self, semeion: Path, ceiling: float | None, bare: Sequence[dict] = ()) -> list[dict]:
         """XOR online, then 256-8-10 online, batched, pipelined and both, each with its reference;
         each set against the bare network of its shape."""
         p = self.profile
@@ -163,8 +164,8 @@ class Bench:
         return [
             self.row(
                 f"start-up {n}",
-                lambda n=n: startup_probe(
-                    n, self.workdir / f"startup{n}", self.sockets, timeout=60 + n * 0.15
+                functools.partial(
+                    startup_probe, n, self.workdir / f"startup{n}", self.sockets, timeout=60 + n * 0.15
                 ),
             )
             for n in self.profile.startup_sizes

@@ -126,12 +126,12 @@ def _is_number(text: str) -> bool:
 
 def load(config: Config) -> Dataset:
     """The config's dataset, checked against the network's input and output widths."""
-    d = config.data
-    if d.source == "semeion":
-        data = load_semeion(config.data_path())
-    elif d.source == "csv":
-        data = load_csv(config.data_path(), d.targets)
-    else:
+    d, path = config.data, config.data_path()
+    if d.source == "semeion" and path is not None:
+        data = load_semeion(path)
+    elif d.source == "csv" and path is not None and d.targets is not None:
+        data = load_csv(path, d.targets)
+    else:  # the config's checks leave only the built-in tables here
         data = builtin(d.source)
     if d.limit is not None and d.limit < len(data):
         # a random subset fixed by the seed: data files are often sorted by class (Semeion is)
