@@ -219,7 +219,8 @@ def _learn(
 
 def _coordinator_address(config: Config, sockets: Path | None, host: str) -> str:
     """Where the coordinator binds: an ipc socket in `sockets` (the longest names are checked up
-    front, so that a socket directory too deep fails here, not in a child) or a free tcp port."""
+    front, so that a socket directory too deep fails here, not in a child) or any tcp port of
+    `host`, the one the coordinator's own bind gets."""
     if sockets is None:
         return f"tcp://{host}:*"  # the coordinator binds, then publishes the port it got
     coordinator = transport.bind_address("ipc", str(sockets), COORDINATOR)
@@ -313,9 +314,14 @@ def _supervise(
         started()
         sup.start()
         if actors is not None:  # a neuron Ray gave up on stops the run, as too many restarts do here
-            bound = coordinator_module.await_address(str(run.path))
-            actors.site = dataclasses.replace(actors.site, coordinator=bound)
-            actors.start(keys, on_failure=lambda nid: sup.request_stop())
+            try:
+                bound = coordinator_module.await_address(str(run.path))
+            except TimeoutError as exc:  # the coordinator died before it bound: its exit ends the run
+                log.error("%s", exc)
+                sup.request_stop()
+            else:
+                actors.site = dataclasses.replace(actors.site, coordinator=bound)
+                actors.start(keys, on_failure=lambda nid: sup.request_stop())
         memory.start()
         outcome = sup.run()
     finally:
