@@ -18,8 +18,8 @@ The zygote is also the children's lifeline: if the control socket closes without
 supervisor died, and the zygote ends every child it forked (SIGTERM, then SIGKILL after the grace)
 before it exits. If the zygote itself is killed, its children live on (no false exits), and the next
 zygote adopts them: "A" with a pidfd of each, to end them too should the supervisor die. The
-supervisor is their subreaper meanwhile (PR_SET_CHILD_SUBREAPER): an orphan comes to it, not to init,
-so that it can still read how that child exited.
+supervisor may be their subreaper meanwhile (`subreaper=True`, PR_SET_CHILD_SUBREAPER): an orphan
+then comes to it, not to init, so that it can still read how that child exited.
 """
 
 from __future__ import annotations
@@ -74,9 +74,14 @@ class Zygote:
     interchangeable (`Supervisor(context="zygote" | "forkserver" | "fork" | "spawn")`).
     """
 
-    def __init__(self, preload: Sequence[str] = (), title: str | None = None) -> None:
+    def __init__(
+        self, preload: Sequence[str] = (), title: str | None = None, subreaper: bool = False
+    ) -> None:
         self.preload = list(preload)
         self.title = title
+        # This process adopts the children of a zygote that died, to read their exit codes: for a
+        # process that only supervises, as any orphan of any descendant then comes to it while open.
+        self.subreaper = subreaper
         self._proc: subprocess.Popen | None = None
         self._control: socket.socket | None = None
         self._started_with: tuple[str, list[str]] | None = None  # the zygote's cwd and sys.path
@@ -94,8 +99,13 @@ class Zygote:
     def open(self) -> None:
         """Start the zygote and wait until it has imported `preload`; a no-op while it runs."""
         with self._lock:
-            _subreaper(True)
-            self._open()
+            if self.subreaper:
+                _subreaper(True)
+            try:
+                self._open()
+            except BaseException:
+                self._reaper_off()
+                raise
 
     def _open(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -174,6 +184,10 @@ class Zygote:
         """End the zygote (its children are not touched) and reap it."""
         with self._lock:
             self._close()
+            self._reaper_off()
+
+    def _reaper_off(self) -> None:
+        if self.subreaper:
             _subreaper(False)
 
     def _close(self) -> None:

@@ -265,6 +265,7 @@ def _supervisor(children: list[ChildSpec], config: Config, log: Log) -> Supervis
             "exmachina.network.rehearsal:rehearse",
         ],
         on_event=lambda e: _log_event(log, e),
+        subreaper=True,  # a killed zygote's children come to this process, which reads how they exit
     )
 
 
