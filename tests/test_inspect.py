@@ -262,7 +262,9 @@ def test_follow_reads_a_live_run_across_rotations_and_stops_when_it_ends(tmp_pat
         tmp_path,
         xor_config(
             training={"epochs": 100},
-            runtime={"log_level": "debug", "log_max_bytes": 50_000, "log_backups": 2},
+            # backups enough that a follower starved by a loaded machine (several rotations between
+            # two of its polls) still finds the file it followed
+            runtime={"log_level": "debug", "log_max_bytes": 50_000, "log_backups": 6},
         ),
     )
     proc = start_learn(path)
