@@ -203,6 +203,18 @@ def ps(
 
 
 @app.command()
+def kill(
+    run: RunArg = None,
+    neuron: Annotated[str, typer.Option("--neuron", "-n", help="the neuron, e.g. hidden1.3")] = ...,
+    signal: Annotated[str, typer.Option("--signal", "-s", help="KILL, TERM, STOP, CONT ...")] = "KILL",
+) -> None:
+    """Signal one neuron process of this run only (by default kill -9: its supervisor restarts it)."""
+    from exmachina.tools.ps import kill_neuron
+
+    _inspecting(lambda: kill_neuron(run, neuron, signal))
+
+
+@app.command()
 def trace(
     sample: Annotated[int, typer.Option("--sample", "-s", help="the sample number, from 1")],
     run: RunArg = None,

@@ -60,6 +60,8 @@ class TrainingConfig:
     max_in_flight: int = 1  # batches in the network at once; 1 is exact SGD, more is pipelined
     optimizer: Optimizer = field(default_factory=Optimizer)  # or just its name: `optimizer: adam`
     schedule: Schedule = field(default_factory=Schedule)  # the rate of each update; or its name
+    # a NaN or infinite loss or weight: stop the run (exit 1, the last finite model kept), or ignore it
+    nan_policy: Literal["stop", "ignore"] = "stop"
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ class RuntimeConfig:
     checkpoint_every: int = 100
     max_restarts: int = 5  # restart intensity: at most this many restarts ...
     restart_period: float = 10.0  # ... within this many seconds
+    # curve: off over tcp on an address other hosts reach: refused unless this says it is meant
+    allow_clear_tcp: bool = False
 
 
 @dataclass(frozen=True)
@@ -194,19 +198,41 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
+MAX_NAME = 64  # a run's and a layer's name: they become file, directory and socket names
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice in one mapping is an error, not the last one wins."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: str | Path) -> Config:
     """Read and validate a config file; raises ConfigError with one line naming file and key."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: byte {exc.start}: not a text file (UTF-8 YAML expected)") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader that refuses duplicate keys
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "?"
-        raise ConfigError(f"{path}: {where}: not valid YAML") from None
+        problem = getattr(exc, "problem", None)
+        what = problem if problem and problem.startswith("duplicate key") else "not valid YAML"
+        raise ConfigError(f"{path}: {where}: {what}") from None
     return config_from_dict(raw, source=str(path))
 
 
@@ -269,6 +295,8 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         accepts, expected = _SCALARS[hint]
         if not accepts(value):
             _fail(source, key, f"expected {expected}, got {value!r}")
+        if hint is float and not math.isfinite(value):
+            _fail(source, key, f"must be a finite number, got {value!r}")  # NaN passes most comparisons
         return float(value) if hint is float else value
     raise TypeError(f"config schema has an unsupported type {hint!r} at {key}")
 
@@ -366,6 +394,7 @@ _BOUNDS: dict[str, tuple[tuple[str, Callable[[Any], bool], str], ...]] = {
         ("batch_size", _at_least(1), "must be at least 1, got {}"),
         ("max_in_flight", _at_least(1), "must be at least 1, got {}"),
         ("stall_timeout", _positive, "must be positive"),
+        ("target_loss", lambda v: v >= 0, "must be >= 0, got {}"),
     ),
     "data": (
         ("targets", _at_least(1), "must be at least 1, got {}"),
@@ -374,6 +403,8 @@ _BOUNDS: dict[str, tuple[tuple[str, Callable[[Any], bool], str], ...]] = {
     ),
     "runtime": (
         ("log_backups", _at_least(1), "must be at least 1 (a log rotates into its backups), got {}"),
+        ("log_max_bytes", _at_least(1024), "must be at least 1024 (bytes before a log rotates), got {}"),
+        ("restart_period", _positive, "must be positive, got {}"),
         ("stats_interval", _positive, "must be positive"),
     ),
     "placement": (
@@ -432,7 +463,11 @@ def _check_layers(c: Config) -> None:
     """The run's name, then each layer's size, name and bias range, then the network's ranges."""
     s = c.source
     if not _NAME.match(c.name):
-        _fail(s, "name", f"must match {_NAME.pattern} (it names the run directory), got {c.name!r}")
+        _fail(s, "name", f"must match {_NAME.pattern} (it names the run directory), got {_short(c.name)}")
+    if len(c.name) > MAX_NAME:
+        _fail(s, "name", f"at most {MAX_NAME} characters (it names the run directory), got {len(c.name)}")
+    if c.seed < 0:
+        _fail(s, "seed", f"must be >= 0, got {c.seed}")
     layers = c.network.layers
     if len(layers) < 2:
         _fail(s, "network.layers", "need at least an input and an output layer")
@@ -442,16 +477,31 @@ def _check_layers(c: Config) -> None:
         if layer.size < 1:
             _fail(s, f"{key}.size", f"a layer needs at least one neuron, got {layer.size}")
         if not _NAME.match(layer.name):
-            _fail(s, f"{key}.name", f"must match {_NAME.pattern}, got {layer.name!r}")
+            _fail(s, f"{key}.name", f"must match {_NAME.pattern}, got {_short(layer.name)}")
+        if len(layer.name) > MAX_NAME:
+            _fail(
+                s, f"{key}.name", f"at most {MAX_NAME} characters (it names sockets), got {len(layer.name)}"
+            )
         if layer.name in seen or layer.name == "coordinator":
             _fail(s, f"{key}.name", f"layer name {layer.name!r} is already taken")
         seen.add(layer.name)
-        if layer.bias_init is not None and layer.bias_init[0] > layer.bias_init[1]:
-            _fail(s, f"{key}.bias_init", f"low end above high end: {list(layer.bias_init)}")
+        if layer.bias_init is not None:
+            _check_range(s, f"{key}.bias_init", layer.bias_init)
     for key in ("weight_init", "bias_init"):
-        lo, hi = getattr(c.network, key)
-        if lo > hi:
-            _fail(s, f"network.{key}", f"low end above high end: [{lo}, {hi}]")
+        _check_range(s, f"network.{key}", getattr(c.network, key))
+
+
+def _check_range(source: str, key: str, value: Range) -> None:
+    """A range to draw from uniformly: its ends in order, and its width a finite number."""
+    lo, hi = value
+    if lo > hi:
+        _fail(source, key, f"low end above high end: [{lo}, {hi}]")
+    if not math.isfinite(hi - lo):
+        _fail(source, key, f"range too wide to draw from: [{lo}, {hi}]")
+
+
+def _short(text: str) -> str:
+    return repr(text) if len(text) <= 80 else f"{text[:40]!r}... ({len(text)} characters)"
 
 
 def _check_loss(c: Config) -> None:
@@ -478,8 +528,24 @@ def _check_runtime(c: Config) -> None:
     s, r = c.source, c.runtime
     if r.max_restarts < 0 or r.restart_period <= 0:
         _fail(s, "runtime.max_restarts", "restart intensity needs max_restarts >= 0 and restart_period > 0")
+    if r.transport == "tcp" and r.curve == "off" and not _loopback(r.host) and not r.allow_clear_tcp:
+        _fail(
+            s,
+            "runtime.curve",
+            f"off over tcp on {r.host}: anyone who reaches its ports can forge frames; set "
+            "runtime.allow_clear_tcp: true on a trusted network (docs/security.md)",
+        )
     if r.snapshot_every < 0 or r.checkpoint_every < 0:
         _fail(s, "runtime.checkpoint_every", "snapshot_every and checkpoint_every must be >= 0")
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _check_placement(c: Config) -> None:

@@ -268,6 +268,7 @@ def serve(
     """Process entry point: bind, say hello, get wired, then handle messages until told to stop.
     `keys`: this neuron's own CURVE keypair when the run's links are encrypted; `started`: told the
     process once it is bound (a Ray actor keeps it to pass on a stop)."""
+    np.seterr(all="ignore")  # a diverging run is the coordinator's to report (training.nan_policy)
     log = open_log(
         spec.id, RunDir(site.run_dir).log(spec.id), site.log_level, site.log_max_bytes, site.log_backups
     )
@@ -303,17 +304,7 @@ class NeuronProcess:
         self.spec, self.site, self.log, self.keys = spec, site, log, keys
         self.neuron = Neuron(spec, log)
         self.kept = checkpoints.counts(site.run_dir, spec.id)  # listed once; save() keeps it current
-        state = checkpoints.latest(site.run_dir, spec.id)  # a damaged file raises: crash on start
-        self.restored = state is not None and state["updates"] > spec.updates
-        if state is not None and state["updates"] >= spec.updates:  # a resume's moments are only there
-            self.neuron.restore(state)
-        if self.restored:
-            log.info(
-                "restarted: restored checkpoint at update %d: bias=%+.4f axon=%s",
-                state["updates"],
-                float(self.neuron.bias),
-                _fmt(self.neuron.axon.weights),
-            )
+        self.restored = self._restore()
         self.received = self.dropped = 0
         self.wired = False  # no stats before: nothing to say, and a thousand starting neurons would
         # queue them for a coordinator that has yet to bind and then must read them all
@@ -470,6 +461,8 @@ class NeuronProcess:
             len(downstream),
             _peers(spec.downstream),
         )
+        if n.updates > wiring.updates:  # a checkpoint of an update the network never counted
+            self._restore(at_most=wiring.updates)
         if self.restored or wiring.updates != n.updates:
             self.log.warning(
                 "restart: lost %d updates (weights stand at update %d, the network at %d)",
@@ -482,17 +475,67 @@ class NeuronProcess:
         self.wired = True
         self.coordinator.send(wire.encode(wire.READY, spec.id))
 
+    def _restore(self, at_most: int | None = None) -> bool:
+        """Take up the newest checkpoint that loads (at `at_most` updates or below), passing over and
+        reporting damaged ones; else the spec's weights, the cut the run started from. Whether any
+        checkpoint newer than the spec was taken up.
+
+        `at_most`: the network's count. A neuron checkpoints as soon as it has updated, before the
+        batch is complete everywhere; killed then, its newest checkpoint holds an update the network
+        did not count, and the replayed batch would be learnt twice. An older one is taken instead."""
+        n, spec = self.neuron, self.spec
+
+        def damaged(exc: checkpoints.CheckpointError) -> None:
+            self.log.warning("%s: using an older checkpoint", exc)
+            print(f"exmachina: neuron {spec.id}: {exc}: using an older checkpoint", file=sys.stderr)
+
+        state = checkpoints.newest_readable(self.site.run_dir, spec.id, at_most, damaged)
+        if state is None or state["updates"] < spec.updates:
+            if at_most is not None:  # back to where the run started, the optimizer's moments at zero
+                n.restore(
+                    checkpoints.neuron_state(
+                        spec.axon,
+                        spec.bias,
+                        spec.updates,
+                        [np.zeros_like(m) for m in n.axon.moments],
+                        [0.0 for _ in n.bias_moments],
+                    )
+                )
+            return False
+        n.restore(state)
+        if state["updates"] == spec.updates:  # the cut a run resumes from: its moments are only here
+            return False
+        self.log.info(
+            "restarted: restored checkpoint at update %d: bias=%+.4f axon=%s",
+            state["updates"],
+            float(n.bias),
+            _fmt(n.axon.weights),
+        )
+        return True
+
     def _send_state(self, request: int) -> None:
         n = self.neuron
         state = [float(n.bias), n.axon.weights.tolist(), n.updates]
         self.coordinator.send(wire.encode(wire.STATE, self.spec.id, request, *state))
 
     def _checkpoint(self) -> None:
+        """Save this neuron's state. A full disk is not this neuron's fault: it goes on without this
+        checkpoint (the cut it belonged to is incomplete, so a resume takes an older one), and the
+        coordinator, whose own writes fail too, stops the run."""
         n = self.neuron
-        state = checkpoints.neuron_state(
-            n.axon.weights, float(n.bias), n.updates, n.axon.moments, n.bias_moments
-        )
-        checkpoints.save(self.site.run_dir, self.spec.id, n.updates, state, self.kept)
+        try:
+            checkpoints.save(
+                self.site.run_dir,
+                self.spec.id,
+                n.updates,
+                checkpoints.neuron_state(
+                    n.axon.weights, float(n.bias), n.updates, n.axon.moments, n.bias_moments
+                ),
+                self.kept,
+            )
+        except OSError as exc:
+            self.log.warning("checkpoint at update %d not written: %s", n.updates, exc)
+            return
         self.log.debug("checkpoint at update %d", n.updates)
 
     def _report(self) -> None:
