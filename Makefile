@@ -22,8 +22,8 @@ $(VENV)/.ray-installed: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[test,ray]'
 	touch $@
 
-test: $(VENV)/.ray-installed
-	$(PY) -m ruff check exmachina supervisor tests
+# ruff (lint and format) and mypy first: a style or type fault fails in seconds, not after the suite.
+test: $(VENV)/.ray-installed lint
 	$(PY) -m pytest -q
 
 test-fast: $(VENV)/.installed
@@ -32,6 +32,7 @@ test-fast: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(PY) -m ruff check exmachina supervisor tests
 	$(PY) -m ruff format --check exmachina supervisor tests
+	$(PY) -m mypy
 
 # e.g. `make bench BENCH_ARGS=--startup=100,1000,10000` on the 16-core machine
 bench: $(VENV)/.installed
