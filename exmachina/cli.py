@@ -83,10 +83,10 @@ def _using(job) -> None:
 
 @app.command()
 def predict(
-    run: ModelArg = None,
     data: Annotated[
         Path, typer.Option("--data", "-d", help="rows of inputs (targets after them are scored)")
-    ] = ...,
+    ],
+    run: ModelArg = None,
     json_list: Annotated[bool, typer.Option("--json", help="one JSON list of every row's outputs")] = False,
     classes: Annotated[
         bool, typer.Option("--classes", help="the class of each row instead of its outputs")
@@ -112,6 +112,21 @@ def evaluate(
     from exmachina.tools import predict as tool
 
     _using(lambda: tool.evaluate(run, data, json_out))
+
+
+@app.command()
+def serve(
+    run: RunArg = None,
+    port: Annotated[int, typer.Option(help="port to serve on (0: any free port)")] = 8700,
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    in_flight: Annotated[int, typer.Option(help="batches in the network at once")] = 16,
+    batch: Annotated[int, typer.Option(help="rows per synapse message, at most")] = 64,
+) -> None:
+    """Serve a run's model through its neuron processes: POST /predict {"inputs": [[...], ...]} answers
+    {"outputs": [[...], ...]}. Supervised as in training; Ctrl-C stops every process."""
+    from exmachina.launch.serve import serve as run_serve
+
+    raise typer.Exit(run_serve(run, host, port, in_flight, batch))
 
 
 # -- looking inside a run: logs, inspect, ps, trace (exmachina/tools/inspection.py, ps.py, trace.py) ---
@@ -166,8 +181,8 @@ def logs(
 
 @app.command()
 def inspect(
+    neuron: Annotated[str, typer.Option("--neuron", "-n", help="the neuron, e.g. hidden1.3")],
     run: RunArg = None,
-    neuron: Annotated[str, typer.Option("--neuron", "-n", help="the neuron, e.g. hidden1.3")] = ...,
 ) -> None:
     """One neuron's story: synapses, weights and how they moved, activity, errors, messages, restarts."""
     from exmachina.tools.inspection import inspect_neuron
@@ -188,9 +203,21 @@ def ps(
 
 
 @app.command()
-def trace(
+def kill(
     run: RunArg = None,
-    sample: Annotated[int, typer.Option("--sample", "-s", help="the sample number, from 1")] = ...,
+    neuron: Annotated[str, typer.Option("--neuron", "-n", help="the neuron, e.g. hidden1.3")] = ...,
+    signal: Annotated[str, typer.Option("--signal", "-s", help="KILL, TERM, STOP, CONT ...")] = "KILL",
+) -> None:
+    """Signal one neuron process of this run only (by default kill -9: its supervisor restarts it)."""
+    from exmachina.tools.ps import kill_neuron
+
+    _inspecting(lambda: kill_neuron(run, neuron, signal))
+
+
+@app.command()
+def trace(
+    sample: Annotated[int, typer.Option("--sample", "-s", help="the sample number, from 1")],
+    run: RunArg = None,
 ) -> None:
     """One sample's path, forward then backward, with the time of every hop (needs log level debug)."""
     from exmachina.tools.trace import show_trace

@@ -7,6 +7,7 @@ is started or written.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -19,6 +20,7 @@ import yaml
 
 from exmachina.data import SEMEION_DATA
 from exmachina.model.activations import ACTIVATIONS, LOSSES
+from exmachina.model.learning import OPTIMIZER_PARAMETERS, SCHEDULE_PARAMETERS, Optimizer, Schedule, resolved
 
 
 class ConfigError(ValueError):
@@ -56,6 +58,10 @@ class TrainingConfig:
     stall_timeout: float = 30.0  # seconds without progress before a sample counts as lost
     batch_size: int = 1  # samples per synapse message; weights move by the batch mean (1: online)
     max_in_flight: int = 1  # batches in the network at once; 1 is exact SGD, more is pipelined
+    optimizer: Optimizer = field(default_factory=Optimizer)  # or just its name: `optimizer: adam`
+    schedule: Schedule = field(default_factory=Schedule)  # the rate of each update; or its name
+    # a NaN or infinite loss or weight: stop the run (exit 1, the last finite model kept), or ignore it
+    nan_policy: Literal["stop", "ignore"] = "stop"
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,8 @@ class RuntimeConfig:
     checkpoint_every: int = 100
     max_restarts: int = 5  # restart intensity: at most this many restarts ...
     restart_period: float = 10.0  # ... within this many seconds
+    # curve: off over tcp on an address other hosts reach: refused unless this says it is meant
+    allow_clear_tcp: bool = False
 
 
 @dataclass(frozen=True)
@@ -187,21 +195,44 @@ def _plain(value: Any) -> Any:
 FILE_SOURCES = ("semeion", "csv")
 STARTUP_TIMEOUT_S = 60.0  # for every neuron's hello; a Ray placement adds 2 s per neuron by default
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+MAX_NAME = 64  # a run's and a layer's name: they become file, directory and socket names
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice in one mapping is an error, not the last one wins."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def load_config(path: str | Path) -> Config:
     """Read and validate a config file; raises ConfigError with one line naming file and key."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: byte {exc.start}: not a text file (UTF-8 YAML expected)") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader that refuses duplicate keys
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "?"
-        raise ConfigError(f"{path}: {where}: not valid YAML") from None
+        problem = getattr(exc, "problem", None)
+        what = problem if problem and problem.startswith("duplicate key") else "not valid YAML"
+        raise ConfigError(f"{path}: {where}: {what}") from None
     return config_from_dict(raw, source=str(path))
 
 
@@ -209,7 +240,9 @@ def config_from_dict(raw: Any, source: str = "<memory>") -> Config:
     config = _build(Config, raw, "", source)
     config = dataclasses.replace(config, source=source)
     _check(config)
-    return config
+    t = config.training
+    training = dataclasses.replace(t, optimizer=resolved(t.optimizer), schedule=resolved(t.schedule))
+    return dataclasses.replace(config, training=training)
 
 
 def _fail(source: str, key: str, message: str) -> typing.NoReturn:
@@ -253,13 +286,30 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     if origin in _GENERICS:
         return _GENERICS[origin](value, args, key, source)
     if dataclasses.is_dataclass(hint):
+        if isinstance(value, str) and _named_by_default(hint):
+            value = {"name": value}  # a section that is all defaults but its name: the name alone
         return _build(hint, value, key, source)
+    if hint is float and isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-8 (no dot) as a string
     if hint in _SCALARS:
         accepts, expected = _SCALARS[hint]
         if not accepts(value):
             _fail(source, key, f"expected {expected}, got {value!r}")
+        if hint is float and not math.isfinite(value):
+            _fail(source, key, f"must be a finite number, got {value!r}")  # NaN passes most comparisons
         return float(value) if hint is float else value
     raise TypeError(f"config schema has an unsupported type {hint!r} at {key}")
+
+
+def _named_by_default(cls: type) -> bool:
+    """Whether a section may be written as its name alone: every key but the name has a default."""
+    fields = dataclasses.fields(cls)
+    return any(f.name == "name" and f.default is not dataclasses.MISSING for f in fields) and all(
+        f.name == "name"
+        or f.default is not dataclasses.MISSING
+        or f.default_factory is not dataclasses.MISSING
+        for f in fields
+    )
 
 
 def _coerce_literal(value: Any, args: tuple, key: str, source: str) -> Any:
@@ -311,6 +361,8 @@ def _check(c: Config) -> None:
     that of several faults the first one a person would look for is the one reported."""
     _check_layers(c)
     _check_bounds(c, "training")
+    _check_settings(c, "optimizer", OPTIMIZER_PARAMETERS, _OPTIMIZER_BOUNDS)
+    _check_settings(c, "schedule", SCHEDULE_PARAMETERS, _SCHEDULE_BOUNDS)
     _check_loss(c)
     _check_data(c)
     _check_bounds(c, "data")
@@ -342,6 +394,7 @@ _BOUNDS: dict[str, tuple[tuple[str, Callable[[Any], bool], str], ...]] = {
         ("batch_size", _at_least(1), "must be at least 1, got {}"),
         ("max_in_flight", _at_least(1), "must be at least 1, got {}"),
         ("stall_timeout", _positive, "must be positive"),
+        ("target_loss", lambda v: v >= 0, "must be >= 0, got {}"),
     ),
     "data": (
         ("targets", _at_least(1), "must be at least 1, got {}"),
@@ -350,6 +403,8 @@ _BOUNDS: dict[str, tuple[tuple[str, Callable[[Any], bool], str], ...]] = {
     ),
     "runtime": (
         ("log_backups", _at_least(1), "must be at least 1 (a log rotates into its backups), got {}"),
+        ("log_max_bytes", _at_least(1024), "must be at least 1024 (bytes before a log rotates), got {}"),
+        ("restart_period", _positive, "must be positive, got {}"),
         ("stats_interval", _positive, "must be positive"),
     ),
     "placement": (
@@ -357,6 +412,44 @@ _BOUNDS: dict[str, tuple[tuple[str, Callable[[Any], bool], str], ...]] = {
         ("max_restarts", _at_least(0), "must be >= 0, got {}"),
     ),
 }
+
+
+def _in_unit(v: float) -> bool:
+    return 0.0 <= v < 1.0  # NaN is not
+
+
+def _finite_positive(v: float) -> bool:
+    return v > 0 and math.isfinite(v)
+
+
+_OPTIMIZER_BOUNDS = {
+    "momentum": (_in_unit, "must be in [0, 1), got {}"),
+    "beta1": (_in_unit, "must be in [0, 1), got {}"),
+    "beta2": (_in_unit, "must be in [0, 1), got {}"),
+    "eps": (_finite_positive, "must be a finite number above 0, got {}"),
+}
+_SCHEDULE_BOUNDS = {
+    "warmup": (_at_least(0), "must be >= 0, got {}"),
+    "every": (_at_least(1), "must be at least 1, got {}"),
+    "gamma": (lambda v: 0.0 < v <= 1.0, "must be in (0, 1], got {}"),
+    "over": (_at_least(1), "must be at least 1, got {}"),
+    "floor": (lambda v: 0.0 <= v <= 1.0, "must be in [0, 1], got {}"),
+}
+
+
+def _check_settings(c: Config, section: str, table: dict, bounds: dict) -> None:
+    """An optimizer's or a schedule's parameters: each one of its kind, in bounds, none missing."""
+    settings = getattr(c.training, section)
+    own = table[settings.name]
+    for name, (holds, message) in bounds.items():
+        key, value = f"training.{section}.{name}", getattr(settings, name)
+        if value is not None and name not in own and name != "warmup":
+            owners = ", ".join(k for k, params in table.items() if name in params)
+            _fail(c.source, key, f"belongs to {owners}, not to {settings.name}")
+        if value is None and name in own and own[name] is None:
+            _fail(c.source, key, f"required by the {settings.name} {section}")
+        if value is not None and not holds(value):
+            _fail(c.source, key, message.format(value))
 
 
 def _check_bounds(c: Config, section: str) -> None:
@@ -370,7 +463,11 @@ def _check_layers(c: Config) -> None:
     """The run's name, then each layer's size, name and bias range, then the network's ranges."""
     s = c.source
     if not _NAME.match(c.name):
-        _fail(s, "name", f"must match {_NAME.pattern} (it names the run directory), got {c.name!r}")
+        _fail(s, "name", f"must match {_NAME.pattern} (it names the run directory), got {_short(c.name)}")
+    if len(c.name) > MAX_NAME:
+        _fail(s, "name", f"at most {MAX_NAME} characters (it names the run directory), got {len(c.name)}")
+    if c.seed < 0:
+        _fail(s, "seed", f"must be >= 0, got {c.seed}")
     layers = c.network.layers
     if len(layers) < 2:
         _fail(s, "network.layers", "need at least an input and an output layer")
@@ -380,16 +477,31 @@ def _check_layers(c: Config) -> None:
         if layer.size < 1:
             _fail(s, f"{key}.size", f"a layer needs at least one neuron, got {layer.size}")
         if not _NAME.match(layer.name):
-            _fail(s, f"{key}.name", f"must match {_NAME.pattern}, got {layer.name!r}")
+            _fail(s, f"{key}.name", f"must match {_NAME.pattern}, got {_short(layer.name)}")
+        if len(layer.name) > MAX_NAME:
+            _fail(
+                s, f"{key}.name", f"at most {MAX_NAME} characters (it names sockets), got {len(layer.name)}"
+            )
         if layer.name in seen or layer.name == "coordinator":
             _fail(s, f"{key}.name", f"layer name {layer.name!r} is already taken")
         seen.add(layer.name)
-        if layer.bias_init is not None and layer.bias_init[0] > layer.bias_init[1]:
-            _fail(s, f"{key}.bias_init", f"low end above high end: {list(layer.bias_init)}")
+        if layer.bias_init is not None:
+            _check_range(s, f"{key}.bias_init", layer.bias_init)
     for key in ("weight_init", "bias_init"):
-        lo, hi = getattr(c.network, key)
-        if lo > hi:
-            _fail(s, f"network.{key}", f"low end above high end: [{lo}, {hi}]")
+        _check_range(s, f"network.{key}", getattr(c.network, key))
+
+
+def _check_range(source: str, key: str, value: Range) -> None:
+    """A range to draw from uniformly: its ends in order, and its width a finite number."""
+    lo, hi = value
+    if lo > hi:
+        _fail(source, key, f"low end above high end: [{lo}, {hi}]")
+    if not math.isfinite(hi - lo):
+        _fail(source, key, f"range too wide to draw from: [{lo}, {hi}]")
+
+
+def _short(text: str) -> str:
+    return repr(text) if len(text) <= 80 else f"{text[:40]!r}... ({len(text)} characters)"
 
 
 def _check_loss(c: Config) -> None:
@@ -416,8 +528,24 @@ def _check_runtime(c: Config) -> None:
     s, r = c.source, c.runtime
     if r.max_restarts < 0 or r.restart_period <= 0:
         _fail(s, "runtime.max_restarts", "restart intensity needs max_restarts >= 0 and restart_period > 0")
+    if r.transport == "tcp" and r.curve == "off" and not _loopback(r.host) and not r.allow_clear_tcp:
+        _fail(
+            s,
+            "runtime.curve",
+            f"off over tcp on {r.host}: anyone who reaches its ports can forge frames; set "
+            "runtime.allow_clear_tcp: true on a trusted network (docs/security.md)",
+        )
     if r.snapshot_every < 0 or r.checkpoint_every < 0:
         _fail(s, "runtime.checkpoint_every", "snapshot_every and checkpoint_every must be >= 0")
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _check_placement(c: Config) -> None:

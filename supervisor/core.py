@@ -99,6 +99,7 @@ class Supervisor:
         context: str = "zygote",
         preload: Sequence[str] = (),
         on_event: Callable[[Event], None] | None = None,
+        subreaper: bool = False,
     ) -> None:
         specs = tuple(children)
         for spec in specs:
@@ -124,7 +125,7 @@ class Supervisor:
         self._preload = list(preload)
         # The zygote (default) or a multiprocessing start method: "forkserver", "fork" or "spawn".
         self._ctx = (
-            Zygote([*self._preload, "supervisor.process"])
+            Zygote([*self._preload, "supervisor.process"], subreaper=subreaper)
             if context == "zygote"
             else multiprocessing.get_context(context)
         )

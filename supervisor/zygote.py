@@ -17,12 +17,15 @@ The wire, one request at a time (the supervisor holds a lock):
 The zygote is also the children's lifeline: if the control socket closes without a "Q", the
 supervisor died, and the zygote ends every child it forked (SIGTERM, then SIGKILL after the grace)
 before it exits. If the zygote itself is killed, its children live on (no false exits), and the next
-zygote adopts them: "A" with a pidfd of each, to end them too should the supervisor die.
+zygote adopts them: "A" with a pidfd of each, to end them too should the supervisor die. The
+supervisor may be their subreaper meanwhile (`subreaper=True`, PR_SET_CHILD_SUBREAPER): an orphan
+then comes to it, not to init, so that it can still read how that child exited.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import importlib
 import os
@@ -71,9 +74,14 @@ class Zygote:
     interchangeable (`Supervisor(context="zygote" | "forkserver" | "fork" | "spawn")`).
     """
 
-    def __init__(self, preload: Sequence[str] = (), title: str | None = None) -> None:
+    def __init__(
+        self, preload: Sequence[str] = (), title: str | None = None, subreaper: bool = False
+    ) -> None:
         self.preload = list(preload)
         self.title = title
+        # This process adopts the children of a zygote that died, to read their exit codes: for a
+        # process that only supervises, as any orphan of any descendant then comes to it while open.
+        self.subreaper = subreaper
         self._proc: subprocess.Popen | None = None
         self._control: socket.socket | None = None
         self._started_with: tuple[str, list[str]] | None = None  # the zygote's cwd and sys.path
@@ -91,7 +99,13 @@ class Zygote:
     def open(self) -> None:
         """Start the zygote and wait until it has imported `preload`; a no-op while it runs."""
         with self._lock:
-            self._open()
+            if self.subreaper:
+                _subreaper(True)
+            try:
+                self._open()
+            except BaseException:
+                self._reaper_off()
+                raise
 
     def _open(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -126,9 +140,10 @@ class Zygote:
         """Fork a child that runs `target(*args)`; returns its pid, its sentinel (a descriptor) and
         the zygote's pid."""
         self.open()
-        cwd, path = os.getcwd(), list(sys.path)
-        if (cwd, path) == self._started_with:  # the usual case: the child need not change either
-            cwd, path = None, None
+        moved: tuple[str, list[str]] | None = (os.getcwd(), list(sys.path))
+        if moved == self._started_with:  # the usual case: the child need not change either
+            moved = None
+        cwd, path = moved or (None, None)
         payload = pickle.dumps((cwd, path, target, args))  # unpicklable targets fail here, before a fork
         with self._lock:
             assert self._control is not None
@@ -169,6 +184,11 @@ class Zygote:
         """End the zygote (its children are not touched) and reap it."""
         with self._lock:
             self._close()
+            self._reaper_off()
+
+    def _reaper_off(self) -> None:
+        if self.subreaper:
+            _subreaper(False)
 
     def _close(self) -> None:
         if self._control is not None:
@@ -211,13 +231,17 @@ class ZygoteProcess:
                 data = os.read(self.sentinel, EXIT_CODE.size)
             if len(data) == EXIT_CODE.size:
                 self._exitcode = EXIT_CODE.unpack(data)[0]
-            elif self._orphaned or not self._watch_orphan():
+            elif self._orphaned:
+                self._exitcode = _reap_orphan(self.sentinel)
+            elif not self._watch_orphan():
                 self._exitcode = UNKNOWN_EXIT
         return self._exitcode
 
     def _watch_orphan(self) -> bool:
         """The zygote vanished (its end of the exit pipe closed unsent) while this child may live on:
         watch the child itself through a pidfd, readable once it ends. False if it has ended."""
+        if self.pid is None or self.sentinel is None:
+            return False
         try:
             pidfd = os.pidfd_open(self.pid)
         except (AttributeError, OSError):  # gone already, or no pidfd on this system
@@ -246,6 +270,27 @@ class ZygoteProcess:
     def _signal(self, signum: int) -> None:
         if self.pid is not None and self.exitcode is None:  # never signal a pid that may be reused
             os.kill(self.pid, signum)
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _subreaper(on: bool) -> None:
+    """Be (or stop being) the subreaper of every descendant: a dead zygote's children then come to
+    this process, which can wait for them. Linux only; elsewhere their exit codes are unknown."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
+
+
+def _reap_orphan(pidfd: int) -> int:
+    """The exit code of an ended child of a vanished zygote, reparented to this (sub)reaper."""
+    try:
+        result = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+    except (AttributeError, OSError):  # not ours to wait for (no subreaper), or no waitid on pidfds
+        return UNKNOWN_EXIT
+    if result is None:
+        return UNKNOWN_EXIT
+    return result.si_status if result.si_code == os.CLD_EXITED else -result.si_status
 
 
 # -- the zygote process -----------------------------------------------------------------------------
@@ -296,7 +341,7 @@ class _Forker:
     end them all if the supervisor goes away without a "Q"."""
 
     def __init__(
-        self, control: socket.socket, selector: selectors.BaseSelector, wake_r: int, wake_w: int
+        self, control: socket.socket, selector: selectors.DefaultSelector, wake_r: int, wake_w: int
     ) -> None:
         self.control, self.selector, self.wake_r, self.wake_w = control, selector, wake_r, wake_w
         self.exits: dict[int, int] = {}  # live child pid -> write end of its exit pipe

@@ -125,7 +125,7 @@ def reference_after(config_path: Path, epochs: int | None = None) -> tuple[Refer
     data = datasets.load(config)
     train, _ = datasets.split(data, config.data.holdout, config.seed)
     t = config.training
-    reference = Reference(parameters.initial(config), t.loss, t.learning_rate)
+    reference = Reference(parameters.initial(config), t.loss, t.learning_rate, t.optimizer, t.schedule)
     for epoch in range(epochs or t.epochs):
         reference.train_epoch(train, epoch, config.seed, t.shuffle, batch_size=t.batch_size)
     return reference, config

@@ -13,10 +13,12 @@ import json
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
+import yaml
 from rich.console import Console
 
-from exmachina.bench import baselines, cli, profiles, render, runs, suite, tasks
+from exmachina.bench import accuracy, baselines, cli, profiles, render, runs, suite, tasks
 from exmachina.bench import ipc as bench_ipc
 from exmachina.network import transport, wire
 
@@ -222,3 +224,54 @@ def test_the_held_out_semeion_config_uses_every_row_and_the_reference_scores_it(
     assert config["data"]["limit"] is None and config["data"]["holdout"] == 0.2
     accuracy = tasks.reference_holdout(config)
     assert 0.0 <= accuracy <= 1.0
+
+
+@pytest.mark.timeout(120)
+def test_time_to_accuracy_rows_for_each_config_network_and_reference(tmp_path, no_leftovers, monkeypatch):
+    """A 3-4-2 network on 60 rows whose label is whether x0 > x1, held out by a fifth, in place of
+    the shipped digits configs (whose 290 processes are too slow for a test)."""
+    rng = np.random.default_rng(4)
+    x = rng.uniform(0, 1, size=(60, 3))
+    y = np.eye(2)[(x[:, 0] > x[:, 1]).astype(int)]
+    np.savetxt(tmp_path / "rows.csv", np.hstack([x, y]), delimiter=",")
+    config = {
+        "name": "tiny_accuracy",
+        "seed": 2,
+        "network": {
+            "layers": [
+                {"name": "input", "size": 3},
+                {"name": "hidden", "size": 4, "activation": "tanh"},
+                {"name": "output", "size": 2, "activation": "identity"},
+            ]
+        },
+        "training": {
+            "learning_rate": 0.05,
+            "epochs": 30,
+            "loss": "softmax_cross_entropy",
+            "batch_size": 4,
+            "optimizer": "adam",
+        },
+        "data": {"source": "csv", "path": str(tmp_path / "rows.csv"), "targets": 2, "holdout": 0.2},
+    }
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setattr(accuracy, "CONFIGS", tmp_path)
+    profile = replace(TINY, accuracy_configs=("tiny.yaml",), accuracy_timeout_s=60)
+    rows = suite.Bench(profile, tmp_path / "work", no_leftovers, say=lambda _: None).accuracy(tmp_path)
+    assert [(r["name"], r["engine"], r["config"]) for r in rows] == [
+        ("tiny to accuracy, network", "network", "tiny.yaml"),
+        ("tiny to accuracy, reference", "reference", "tiny.yaml"),
+    ]
+    for row in rows:
+        assert row["status"] == "ok", row
+        assert list(row["reached"]) == ["0.80", "0.85", "0.88"]
+        assert 1 <= row["epochs"] <= 30 and 0 <= row["best_holdout_accuracy"] <= 1
+        hits = [hit for hit in row["reached"].values() if hit is not None]
+        assert [h["epoch"] for h in hits] == sorted(h["epoch"] for h in hits), "a higher bar comes no sooner"
+        for hit in hits:
+            assert hit["samples"] == hit["epoch"] * 48 and hit["seconds"] > 0
+    epochs = [{t: hit and (hit["epoch"], hit["samples"]) for t, hit in r["reached"].items()} for r in rows]
+    assert epochs[0] == epochs[1], "the same algorithm, exactly: the same epochs reach each bar"
+    text = io.StringIO()
+    render.render({"accuracy": rows, **_minimal_results()}, Console(file=text, width=170))
+    assert "time to held-out accuracy" in text.getvalue() and "tiny to accuracy, reference" in text.getvalue()
+    assert render.failures({"accuracy": rows}) == []

@@ -151,5 +151,5 @@ def test_a_key_that_must_be_positive_rejects_nan():
     for section, key in (("training", "stall_timeout"), ("runtime", "stats_interval")):
         config = xor_config()
         config[section] = {**config[section], key: float("nan")}
-        with pytest.raises(ConfigError, match=rf"{section}\.{key}: must be positive"):
+        with pytest.raises(ConfigError, match=rf"{section}\.{key}: must be a finite number"):
             config_from_dict(config)

@@ -117,7 +117,7 @@ def test_a_killed_neuron_comes_back_with_its_key_and_is_let_back_in(tmp_path, no
         run = run_dir(tmp_path)
         log = run / "neurons" / "hidden1.2.log"
         key = wait_for(lambda: KEY.search(log.read_text())).group(1)
-        wait_for(lambda: checkpoints.counts(run, "hidden1.2"), timeout=60)  # something to restore
+        wait_for(lambda: checkpoints.counts(run, "hidden1.2")[-1] > 0, timeout=60)  # something to restore
         os.kill(int(re.search(r"start pid=(\d+)", log.read_text()).group(1)), signal.SIGKILL)
         _, err = proc.communicate(timeout=120)
     finally:

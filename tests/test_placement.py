@@ -39,8 +39,31 @@ def cluster():
     )
     nodes.add_node(num_cpus=1, resources={"second": 1})
     yield nodes
+    session = nodes.head_node.get_session_dir_path()
     nodes.shutdown()
     wait_for(lambda: not [p for p in me.children(recursive=True) if p.pid not in before], timeout=30)
+    remove_sessions({session})
+
+
+def ray_sessions(pids: list[int]) -> set[str]:
+    """The Ray session directories these processes use (`--session-dir=...` in their command lines)."""
+    found = set()
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            for arg in psutil.Process(pid).cmdline():
+                key, _, value = arg.partition("=")
+                if key in ("--session-dir", "--session_dir") and value.startswith("/"):
+                    found.add(value)
+    return found
+
+
+def remove_sessions(sessions: set[str]) -> None:
+    """Delete a test's own Ray sessions (and `session_latest`, if it points at one), no others."""
+    for session in sessions:
+        latest = Path(session).parent / "session_latest"
+        if latest.is_symlink() and str(latest.resolve()) == str(Path(session).resolve()):
+            latest.unlink()
+        shutil.rmtree(session, ignore_errors=True)
 
 
 def ray_config(cluster: Cluster, **sections) -> dict:
@@ -172,6 +195,7 @@ def two_hosts():
             ip("-n", ns, "link", "set", "lo", "up")
         yield NETNS
     finally:
+        sessions = ray_sessions([pid for ns in made for pid in netns_pids(ns)])
         for ns in made:
             for pid in netns_pids(ns):
                 with contextlib.suppress(ProcessLookupError):
@@ -179,6 +203,7 @@ def two_hosts():
         for ns in made:
             wait_for(lambda ns=ns: not netns_pids(ns), timeout=30)
             ip("netns", "del", ns)
+        remove_sessions(sessions)
 
 
 def test_neurons_in_two_network_namespaces_over_tcp_with_curve(tmp_path, two_hosts):

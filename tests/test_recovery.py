@@ -143,8 +143,10 @@ def test_crash_on_start_is_retried_then_the_run_stops_clearly(tmp_path):
         wait_for(lambda: epochs_done(tmp_path) >= 10, timeout=60)
         run = run_dir(tmp_path)
         assert checkpoints.counts(run, "hidden1.0")
-        # a damaged state file under a valid name, newer than any the neuron will write
-        (checkpoints.directory(run) / f"hidden1.0.{10**11:012d}.ckpt").write_bytes(b"\x00garbage")
+        # a whole checkpoint of the wrong shape, newer than any the neuron will write: it loads, and
+        # the restore fails (a damaged one is passed over instead)
+        wrong = checkpoints.neuron_state(np.zeros(7), 0.0, 10**11)
+        checkpoints.save(run, "hidden1.0", 10**11, wrong)
         os.kill(wait_for(lambda: neuron_pid(proc, "hidden1.0")), signal.SIGKILL)
         code, _out, err = finish(proc, timeout=60)
     finally:
@@ -152,9 +154,12 @@ def test_crash_on_start_is_retried_then_the_run_stops_clearly(tmp_path):
     assert code == 1
     *crashes, last = err.strip().splitlines()
     assert "too many restarts" in last and "--resume" in last, err
+    restarts = [line for line in crashes if line.endswith("restarting it from its checkpoint")]
+    crashes = [line for line in crashes if line not in restarts]
     assert crashes and all(
         line.startswith("exmachina: neuron hidden1.0 crashed on start:") for line in crashes
     )
+    assert restarts and all(line.startswith("exmachina: neuron hidden1.0 ended (") for line in restarts)
     log = (run / "neurons" / "supervisor.log").read_text()
     assert log.count("restarting hidden1.0") >= 3
 

@@ -17,7 +17,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import psutil
@@ -672,10 +672,12 @@ _ORPHAN_SCRIPT = textwrap.dedent(
 )
 
 
-def _zygotes(supervisor: psutil.Process) -> list[int]:
-    """The live zygotes of `supervisor` (a killed one may linger as a zombie until it is reaped)."""
+def _zygotes(supervisor: psutil.Process, forked: Iterable[int] = ()) -> list[int]:
+    """The live zygotes of `supervisor` (a killed one may linger as a zombie until it is reaped).
+    `forked`: the children it forked, which a dead zygote leaves to the supervisor, its subreaper,
+    still titled as the zygote was."""
     zygotes = []
-    for child in supervisor.children():
+    for child in (c for c in supervisor.children() if c.pid not in set(forked)):
         with contextlib.suppress(psutil.Error):
             if " ".join(child.cmdline()).endswith("[zygote]"):
                 zygotes.append(child.pid)
@@ -717,10 +719,11 @@ def test_children_exit_when_supervisor_is_sigkilled(
         everything += [p.pid for p in supervisor.children(recursive=True)]
         assert set(pids.values()) <= set(everything)
         if zygote_killed_first:  # the children live on, and a new zygote adopts them
-            (zygote,) = _zygotes(supervisor)
+            forked = pids.values()
+            (zygote,) = _zygotes(supervisor, forked)
             os.kill(zygote, signal.SIGKILL)
-            _wait_until(lambda: _zygotes(supervisor) not in ([], [zygote]), what="a new zygote")
-            (new_zygote,) = _zygotes(supervisor)
+            _wait_until(lambda: _zygotes(supervisor, forked) not in ([], [zygote]), what="a new zygote")
+            (new_zygote,) = _zygotes(supervisor, forked)
             everything.append(new_zygote)
             # It holds a pidfd of each adopted child (its own children, once forked, hold none).
             _wait_until(lambda: _pidfds(new_zygote) == len(pids), what="the new zygote to adopt them")

@@ -178,7 +178,7 @@ BAD = {
         xor_config(runtime={"log_lvl": "info"}),
         "runtime.log_lvl: unknown key (known: transport, host, curve, log_level, log_max_bytes, "
         "log_backups, runs_dir, stats_interval, snapshot_every, checkpoint_every, max_restarts, "
-        "restart_period)",
+        "restart_period, allow_clear_tcp)",
     ),
     "integer as text": (
         xor_config(training={"epochs": "ten"}),

@@ -396,14 +396,26 @@ class InprocNetwork:
 
 
 @pytest.mark.parametrize(
-    ("loss", "batch_size"),
-    [("squared_error", 1), ("squared_error", 4), ("softmax_cross_entropy", 1), ("softmax_cross_entropy", 3)],
+    ("loss", "batch_size", "optimizer", "schedule"),
+    [
+        ("squared_error", 1, "sgd", "constant"),
+        ("squared_error", 4, "sgd", "constant"),
+        ("softmax_cross_entropy", 1, "sgd", "constant"),
+        ("softmax_cross_entropy", 3, "sgd", "constant"),
+        ("squared_error", 1, "momentum", {"name": "step", "every": 2, "gamma": 0.5}),
+        ("softmax_cross_entropy", 4, "nesterov", {"name": "cosine", "over": 4, "warmup": 2}),
+        ("squared_error", 3, {"name": "adam", "beta1": 0.8}, {"name": "constant", "warmup": 3}),
+        ("softmax_cross_entropy", 1, "adam", {"name": "cosine", "over": 8, "floor": 0.1}),
+    ],
 )
-def test_a_network_of_neurons_learns_exactly_what_the_dense_reference_learns(ctx, loss, batch_size):
+def test_a_network_of_neurons_learns_exactly_what_the_dense_reference_learns(
+    ctx, loss, batch_size, optimizer, schedule
+):
     output = "identity" if LOSSES[loss].needs_identity_outputs else "logistic"
-    config = tiny_config(output, learning_rate=0.7, loss=loss)
+    config = tiny_config(output, learning_rate=0.7, loss=loss, optimizer=optimizer, schedule=schedule)
     network = InprocNetwork(ctx, config)
-    reference = Reference(parameters.initial(config), loss, config.training.learning_rate)
+    t = config.training
+    reference = Reference(parameters.initial(config), loss, t.learning_rate, t.optimizer, t.schedule)
     rng = np.random.default_rng(5)
     x, y = rng.uniform(-1, 1, size=(12, 2)), np.eye(2)[rng.integers(0, 2, size=12)]
     for sample, start in enumerate(range(0, len(x), batch_size)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -16,6 +17,7 @@ from exmachina.bench.render import failures, render
 from exmachina.bench.suite import SECTIONS, run_bench
 
 DEFAULT_OUT = Path("bench") / "results.json"
+SERVE_OUT = Path("bench") / "serve.json"
 
 
 def _console() -> Console:
@@ -64,7 +66,17 @@ def main(argv: list[str] | None = None) -> int:
         default=SECTIONS,
         help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default: all)",
     )
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="only the serve rows: rows/s and latency of `exmachina serve` on 256-8-10 against Model.predict",
+    )
+    parser.add_argument(
+        "--serve-seconds", type=float, default=3.0, help="seconds each serve row runs (default %(default)s)"
+    )
     args = parser.parse_args(argv)
+    if args.serve:
+        return _serve(args)
     profile = QUICK if args.quick else FULL
     if args.startup is not None:
         profile = replace(profile, startup_sizes=args.startup)
@@ -75,3 +87,21 @@ def main(argv: list[str] | None = None) -> int:
     render(results, console)
     console.print(f"results: {args.out}")
     return 1 if failures(results) or results["socket_files_left"] else 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """The serve rows alone, written to --out (bench/serve.json unless named)."""
+    from exmachina.bench.machine import machine_info
+    from exmachina.bench.serving import render_serve, run_serve_bench
+
+    signal.signal(signal.SIGTERM, _terminated)
+    out = SERVE_OUT if args.out == DEFAULT_OUT else args.out
+    console = _console()
+    results = {"machine": machine_info()}
+    results |= run_serve_bench(args.semeion, args.serve_seconds, say=lambda t: console.print(t, style="dim"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    render_serve(results, console)
+    console.print(f"results: {out}")
+    wrong = sum(row["wrong"] for row in results["served"])
+    return 1 if wrong or results["leaked_processes"] or results["socket_files_left"] else 0

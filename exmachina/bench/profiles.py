@@ -31,6 +31,8 @@ class Profile:
     bare_samples: int = 20  # the bare networks of the training shapes (256-8-10 only with semeion)
     accuracy_epochs: int = 0  # held-out accuracy after this many epochs, online and pipelined; 0 skips
     accuracy_k: int = 32  # the pipelined one: this many samples in flight
+    accuracy_configs: tuple[str, ...] = ()  # shipped configs timed to held-out accuracy; () skips
+    accuracy_timeout_s: float = 1800.0  # per process-network run of those
 
 
 # Modes of training 256-8-10: (batch size, batches in flight). One per network run: each run starts and
@@ -76,4 +78,5 @@ FULL = Profile(
     log_samples=2_000,
     bare_samples=150,
     accuracy_epochs=3,
+    accuracy_configs=("semeion-original.yaml", "semeion.yaml"),
 )

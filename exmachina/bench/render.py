@@ -40,6 +40,8 @@ def render(results: dict, console: Console) -> None:
         console.print(_accuracy_line(results["pipelined_accuracy"]))
     if results.get("logging"):
         console.print(_logging_table(results["logging"]))
+    if results.get("accuracy"):
+        console.print(_accuracy_table(results["accuracy"]))
     if "startup" in results:
         console.print(_startup_table(results["startup"]))
     if "cores" in results:
@@ -181,6 +183,23 @@ def _logging_table(rows: list[dict]) -> Table:
     return table
 
 
+def _accuracy_table(rows: list[dict]) -> Table:
+    """Samples and seconds to each held-out accuracy, per config and engine ('-': not reached)."""
+    thresholds = next((list(r["reached"]) for r in rows if r["status"] == "ok"), [])
+    columns = [f"{label} {float(t):.0%}" for t in thresholds for label in ("samples to", "s to")]
+    table = _table("time to held-out accuracy (first epoch end at or above)", "task", *columns, "best")
+    for row in rows:
+        if row["status"] != "ok":
+            table.add_row(row["name"], FAILED)
+            continue
+        cells = []
+        for t in thresholds:
+            hit = row["reached"][t]
+            cells += [_count(hit and hit["samples"]), _fmt(hit and hit["seconds"], ".1f")]
+        table.add_row(row["name"], *cells, _fmt(row["best_holdout_accuracy"], ".3f"))
+    return table
+
+
 def _startup_table(rows: list[dict]) -> Table:
     table = _table(
         "start-up (XOR-shaped 2-(N-3)-1)",
@@ -232,6 +251,7 @@ def failures(results: dict) -> list[str]:
         *results.get("training", []),
         *results.get("pipelining", []),
         *([results["pipelined_accuracy"]["pipelined"]] if results.get("pipelined_accuracy") else []),
+        *results.get("accuracy", []),
         *results.get("startup", []),
         *(pair[f"cores_{n}"] for pair in results.get("cores", []) for n in pair["counts"]),
     ]

@@ -3,17 +3,19 @@ results.json."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from exmachina.bench.accuracy import network_to_accuracy, reference_to_accuracy, shipped
 from exmachina.bench.baselines import bare_network, ipc_latency, transport_ceiling
 from exmachina.bench.machine import machine_info
 from exmachina.bench.profiles import MODES, SEMEION, SEMEION_ROWS, Profile
@@ -93,10 +95,10 @@ class Bench:
             return {"status": "ok", **bare_network(sizes, p.bare_samples, sockets, timeout)}
 
         for sizes in ([2, 2, 1], [256, 8, 10])[: 2 if p.semeion_samples else 1]:
-            bare.append(self.row("bare " + "-".join(map(str, sizes)), lambda z=sizes: measure(z)))
+            bare.append(self.row("bare " + "-".join(map(str, sizes)), functools.partial(measure, sizes)))
         return {"ceiling": ceiling, "latency": latency, "bare": bare}
 
-    def training(self, semeion: Path, ceiling: float | None, bare: list[dict] = ()) -> list[dict]:
+    def training(self, semeion: Path, ceiling: float | None, bare: Sequence[dict] = ()) -> list[dict]:
         """XOR online, then 256-8-10 online, batched, pipelined and both, each with its reference;
         each set against the bare network of its shape."""
         p = self.profile
@@ -142,7 +144,7 @@ class Bench:
             sweep.append({**row, "k": k})
         return sweep
 
-    def accuracy(self, semeion: Path) -> dict:
+    def pipelined_accuracy(self, semeion: Path) -> dict:
         """Held-out accuracy (20% of the rows) after `accuracy_epochs` epochs: online from the
         reference, which the exact online network equals, and K in flight from the process network."""
         p = self.profile
@@ -175,12 +177,32 @@ class Bench:
             rows.append(row)
         return rows
 
+    def accuracy(self, semeion: Path) -> list[dict]:
+        """Each shipped config of the profile to held-out accuracy: the process network, then the
+        reference on the same split."""
+        rows = []
+        for name in self.profile.accuracy_configs:
+            task = name.removesuffix(".yaml")
+
+            def network(name: str = name) -> dict:
+                workdir = self.workdir / f"accuracy{self.count}"
+                timeout = self.profile.accuracy_timeout_s
+                return network_to_accuracy(shipped(name, semeion), workdir, self.sockets, timeout)
+
+            for engine, measure in (
+                ("network", network),
+                ("reference", lambda name=name: reference_to_accuracy(shipped(name, semeion))),
+            ):
+                row = self.row(f"{task} to accuracy, {engine}", measure)
+                rows.append({**row, "config": name, "engine": engine})
+        return rows
+
     def startup(self) -> list[dict]:
         return [
             self.row(
                 f"start-up {n}",
-                lambda n=n: startup_probe(
-                    n, self.workdir / f"startup{n}", self.sockets, timeout=60 + n * 0.15
+                functools.partial(
+                    startup_probe, n, self.workdir / f"startup{n}", self.sockets, timeout=60 + n * 0.15
                 ),
             )
             for n in self.profile.startup_sizes
@@ -217,7 +239,7 @@ def core_counts(usable: int) -> list[int]:
     return [*counts, usable] if usable > 1 else counts
 
 
-SECTIONS = ("transport", "training", "pipelining", "logging", "startup", "cores")
+SECTIONS = ("transport", "training", "pipelining", "logging", "accuracy", "startup", "cores")
 
 
 def run_bench(
@@ -268,10 +290,13 @@ def _sections(bench: Bench, results: dict, semeion: Path, only: tuple[str, ...])
         say("pipelining")
         results["pipelining"] = bench.pipelining(semeion)
         if profile.accuracy_epochs:
-            results["pipelined_accuracy"] = bench.accuracy(semeion)
+            results["pipelined_accuracy"] = bench.pipelined_accuracy(semeion)
     if "logging" in only and profile.log_samples:
         say("log levels")
         results["logging"] = bench.logging()
+    if "accuracy" in only and profile.accuracy_configs:
+        say("time to accuracy")
+        results["accuracy"] = bench.accuracy(semeion)
     if "startup" in only:
         say("start-up")
         results["startup"] = bench.startup()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,10 +42,7 @@ def builtin(name: str) -> Dataset:
 def load_semeion(path: str | Path) -> Dataset:
     """Semeion Handwritten Digit rows: 256 pixels (0 or 1) then a one-hot label of 10."""
     path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read data file: {exc.strerror}") from None
+    lines = _lines(path)
     width = SEMEION_PIXELS + SEMEION_CLASSES
     rows = []
     for number, line in enumerate(lines, start=1):
@@ -58,6 +56,9 @@ def load_semeion(path: str | Path) -> Dataset:
         except ValueError:
             bad = next(v for v in fields if not _is_number(v))
             raise DatasetError(f"{path}:{number}: {bad!r} is not a number") from None
+        if not all(map(math.isfinite, values)):
+            bad = next(v for v in fields if not _is_number(v))
+            raise DatasetError(f"{path}:{number}: {bad!r} is not a finite number")
         label = values[SEMEION_PIXELS:]
         if sorted(label) != [0.0] * (SEMEION_CLASSES - 1) + [1.0]:
             raise DatasetError(f"{path}:{number}: the last {SEMEION_CLASSES} values are not one-hot")
@@ -80,10 +81,7 @@ def read_table(path: str | Path) -> np.ndarray:
     """A file of rows of numbers, separated by commas or spaces (`#` starts a comment line), all rows
     as wide as the first."""
     path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read data file: {exc.strerror}") from None
+    lines = _lines(path)
     rows: list[list[float]] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -93,29 +91,47 @@ def read_table(path: str | Path) -> np.ndarray:
             raise DatasetError(f"{path}:{number}: expected {len(rows[0])} values, found {len(fields)}")
         bad = next((v for v in fields if not _is_number(v)), None)
         if bad is not None:
-            raise DatasetError(f"{path}:{number}: {bad!r} is not a number")
+            raise DatasetError(f"{path}:{number}: {bad!r} is not a {_finite(bad)}number")
         rows.append([float(v) for v in fields])
     if not rows:
         raise DatasetError(f"{path}: no rows")
     return np.array(rows)
 
 
-def _is_number(text: str) -> bool:
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_bytes().decode("utf-8").splitlines()
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read data file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: byte {exc.start}: not a text file of numbers") from None
+
+
+def _finite(text: str) -> str:
+    """'finite ' where `text` is a number all the same (NaN, an infinity), for the message."""
     try:
         float(text)
     except ValueError:
+        return ""
+    return "finite "
+
+
+def _is_number(text: str) -> bool:
+    """A finite number: a NaN or an infinity in a row would turn every weight it reaches into NaN."""
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
         return False
-    return True
 
 
 def load(config: Config) -> Dataset:
     """The config's dataset, checked against the network's input and output widths."""
-    d = config.data
-    if d.source == "semeion":
-        data = load_semeion(config.data_path())
-    elif d.source == "csv":
-        data = load_csv(config.data_path(), d.targets)
-    else:
+    d, path = config.data, config.data_path()
+    if d.source == "semeion" and path is not None:
+        data = load_semeion(path)
+    elif d.source == "csv" and path is not None and d.targets is not None:
+        data = load_csv(path, d.targets)
+    else:  # the config's checks leave only the built-in tables here
         data = builtin(d.source)
     if d.limit is not None and d.limit < len(data):
         # a random subset fixed by the seed: data files are often sorted by class (Semeion is)
@@ -131,6 +147,11 @@ def load(config: Config) -> Dataset:
         raise DatasetError(
             f"{config.source}: network.layers[{len(sizes) - 1}].size: {sizes[-1]} output neurons, "
             f"but {d.source} rows have {data.targets.shape[1]} targets"
+        )
+    if d.holdout and len(data) - max(1, round(d.holdout * len(data))) < 1:
+        raise DatasetError(
+            f"{config.source}: data.holdout: holding out {d.holdout:g} of {len(data)} rows leaves none to "
+            "train on"
         )
     return data
 

@@ -7,6 +7,8 @@ coordinator to the generic `supervisor` package and waits for the coordinator to
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import shutil
 import signal
 import socket
@@ -21,14 +23,15 @@ import typer
 from exmachina.config import Config, ConfigError, load_config
 from exmachina.data import datasets
 from exmachina.data.datasets import DatasetError
-from exmachina.launch import placement
+from exmachina.launch import capacity, placement
 from exmachina.launch.memory import PeakMemory
 from exmachina.model import parameters as parameters_module
 from exmachina.model import topology
 from exmachina.model.parameters import Parameters
 from exmachina.model.topology import COORDINATOR, NeuronSpec
+from exmachina.network import coordinator as coordinator_module
 from exmachina.network import curve, transport
-from exmachina.network.coordinator import coordinate
+from exmachina.network.coordinator import NO_SPACE, NO_SPACE_EXIT, Position, all_finite, coordinate
 from exmachina.network.neuron import serve
 from exmachina.rundir import checkpoints
 from exmachina.rundir.directory import RunDir, Site, resolve
@@ -39,10 +42,39 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STALLED = 0, 1, 2, 3
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
-def prepare(config_path: str | Path) -> tuple[Config, datasets.Dataset]:
+def prepare(config_path: str | Path, new_run: bool = True) -> tuple[Config, datasets.Dataset]:
     """Everything that can be checked before a single file or process is made."""
     config = load_config(config_path)
+    capacity.check(config)
+    if new_run:
+        check_runs_dir(config)
+    if config.runtime.transport == "tcp" and config.placement.engine == "local":
+        check_host(config)
     return config, datasets.load(config)
+
+
+def check_runs_dir(config: Config) -> None:
+    """The run directory can be made: runs_dir is (or can become) a directory this process writes."""
+    path = Path(config.runtime.runs_dir).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    key = f"{config.source}: runtime.runs_dir"
+    if not existing.is_dir():
+        raise ConfigError(f"{key}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: cannot write in {existing} (read-only or not ours)")
+
+
+def check_host(config: Config) -> None:
+    """The address neurons bind over tcp is one of this machine's (a probe: the port is let go, and
+    no process is told of it)."""
+    host = config.runtime.host
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, 0))
+    except OSError as exc:
+        raise ConfigError(
+            f"{config.source}: runtime.host: cannot bind {host!r} here ({exc.strerror or exc})"
+        ) from None
 
 
 @dataclass
@@ -56,16 +88,30 @@ class Resumption:
 
 
 def find_resumption(run: RunDir, config: Config) -> Resumption:
+    """The newest consistent cut that loads: a damaged file in a newer one is reported on stderr
+    and that cut passed over."""
     ids_by_layer = [topology.layer_ids(config, i) for i in range(len(config.layer_sizes))]
     owners = [nid for ids in ids_by_layer for nid in ids] + [COORDINATOR]
-    count = checkpoints.common_count(run.path, owners)
-    if count is None:
-        raise checkpoints.CheckpointError(
-            f"{run.path}: no checkpoint that every neuron and the coordinator share"
-        )
-    parameters = checkpoints.assemble(run.path, parameters_module.initial(config), ids_by_layer, count)
-    position = checkpoints.load(run.path, COORDINATOR, count)
-    return Resumption(run, count, parameters, position)
+    initial = parameters_module.initial(config)
+    for count in checkpoints.shared_counts(run.path, owners):
+        try:
+            parameters = checkpoints.assemble(run.path, initial, ids_by_layer, count)
+            position = checkpoints.load(run.path, COORDINATOR, count)
+        except checkpoints.CheckpointError as exc:
+            print(f"exmachina: {exc}: trying an older checkpoint", file=sys.stderr)
+            continue
+        return Resumption(run, count, parameters, position)
+    raise checkpoints.CheckpointError(
+        f"{run.path}: no checkpoint that every neuron and the coordinator share"
+    )
+
+
+def initial_cut(run: RunDir, specs: list[NeuronSpec]) -> None:
+    """The initial weights as a consistent cut at count 0: a run that crashes before its first
+    checkpoint resumes from where it began."""
+    for s in specs:
+        checkpoints.save(run.path, s.id, 0, checkpoints.neuron_state(s.axon, s.bias, 0), kept=[])
+    checkpoints.save(run.path, COORDINATOR, 0, Position().state(), kept=[])
 
 
 def learn(
@@ -80,7 +126,7 @@ def learn(
             run = resolve(resume)
             if not run.config.exists():
                 raise ConfigError(f"{run.path}: not a run directory (no config.yaml)")
-            config, data = prepare(run.config)
+            config, data = prepare(run.config, new_run=False)
             resumption = find_resumption(run, config)
         else:
             config, data = prepare(config_path)
@@ -121,8 +167,21 @@ def _learn(
         return EXIT_BAD_INPUT
     rt = config.runtime
     train, holdout = datasets.split(data, config.data.holdout, config.seed)
-    run, start, updates, position = _starting_point(config, resumption)
+    try:
+        run, start, updates, position = _starting_point(config, resumption)
+    except OSError as exc:
+        print(
+            f"exmachina: {config.source}: runtime.runs_dir: cannot make the run directory: {exc}",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     specs = topology.neurons(config, start, updates)
+    if resumption is None:
+        try:
+            initial_cut(run, specs)
+        except OSError as exc:
+            print(f"exmachina: {run.path}: cannot write the initial checkpoint: {exc}", file=sys.stderr)
+            return EXIT_FAILED
     # CURVE keys live only in memory: each child's own keypair travels in its start arguments (the
     # forkserver's pipe), the public ones in the Site. A resumed run makes new ones: nothing to keep.
     keys = curve.generate([s.id for s in specs] + [COORDINATOR]) if config.uses_curve else None
@@ -138,8 +197,15 @@ def _learn(
         rt.checkpoint_every,
         curve.public_keys(keys) if keys else None,
     )
+    if rt.transport == "tcp" and not config.uses_curve:
+        print(
+            f"exmachina: WARNING: curve: off over tcp: links on {host} are in the clear, and any process "
+            "that reaches a port can forge frames or stop the run (docs/security.md)",
+            file=sys.stderr,
+        )
     on_ray = config.placement.engine == "ray"
     children = child_specs(config, site, [] if on_ray else specs, (train, holdout), position, keys)
+    (run.path / coordinator_module.ADDRESS_FILE).unlink(missing_ok=True)  # a resumed run's, stale
     log = open_log("supervisor", run.log("supervisor"), rt.log_level, rt.log_max_bytes, rt.log_backups)
     actors = placement.RayNeurons(config, site, specs, log) if on_ray else None
     sup = _supervisor(children, config, log)
@@ -153,12 +219,14 @@ def _learn(
 
 def _coordinator_address(config: Config, sockets: Path | None, host: str) -> str:
     """Where the coordinator binds: an ipc socket in `sockets` (the longest names are checked up
-    front, so that a socket directory too deep fails here, not in a child) or a free tcp port."""
+    front, so that a socket directory too deep fails here, not in a child) or any tcp port of
+    `host`, the one the coordinator's own bind gets."""
     if sockets is None:
-        return f"tcp://{host}:{_free_port(host)}"
+        return f"tcp://{host}:*"  # the coordinator binds, then publishes the port it got
     coordinator = transport.bind_address("ipc", str(sockets), COORDINATOR)
-    for spec_id in topology.layer_ids(config, 0):
-        transport.bind_address("ipc", str(sockets), topology.socket_name(spec_id))
+    for layer in range(len(config.layer_sizes)):
+        longest = topology.layer_ids(config, layer)[-1]  # the highest index has the most digits
+        transport.bind_address("ipc", str(sockets), topology.socket_name(longest))
     return coordinator
 
 
@@ -168,7 +236,8 @@ def _starting_point(
     """(run directory, parameters, updates done, coordinator position): a new run from the seed's
     draw, or a resumed one from its checkpoint, with everything written after that checkpoint gone."""
     if resumption is None:
-        return RunDir.create(config), parameters_module.initial(config), 0, None
+        initial = parameters_module.initial(config)  # drawn first: a fault here leaves no directory
+        return RunDir.create(config), initial, 0, None
     run, start, updates, position = (
         resumption.run,
         resumption.parameters,
@@ -196,6 +265,7 @@ def _supervisor(children: list[ChildSpec], config: Config, log: Log) -> Supervis
             "exmachina.network.rehearsal:rehearse",
         ],
         on_event=lambda e: _log_event(log, e),
+        subreaper=True,  # a killed zygote's children come to this process, which reads how they exit
     )
 
 
@@ -216,7 +286,7 @@ class _Ending:
     def crashed(self) -> bool:
         """Stopped by too many restarts, or the coordinator died unasked."""
         return self.outcome.reason == "intensity_exceeded" or (
-            not self.signals and self.code not in (0, EXIT_STALLED)
+            not self.signals and self.code not in (0, EXIT_STALLED, NO_SPACE_EXIT)
         )
 
 
@@ -234,6 +304,8 @@ def _supervise(
     received: list[int] = []
 
     def on_signal(signum: int, frame: object) -> None:
+        if not received:
+            print("\nexmachina: stopping: saving the model and a checkpoint ...", file=sys.stderr, flush=True)
         received.append(signum)
         sup.request_stop()
 
@@ -243,7 +315,14 @@ def _supervise(
         started()
         sup.start()
         if actors is not None:  # a neuron Ray gave up on stops the run, as too many restarts do here
-            actors.start(keys, on_failure=lambda nid: sup.request_stop())
+            try:
+                bound = coordinator_module.await_address(str(run.path))
+            except TimeoutError as exc:  # the coordinator died before it bound: its exit ends the run
+                log.error("%s", exc)
+                sup.request_stop()
+            else:
+                actors.site = dataclasses.replace(actors.site, coordinator=bound)
+                actors.start(keys, on_failure=lambda nid: sup.request_stop())
         memory.start()
         outcome = sup.run()
     finally:
@@ -259,18 +338,30 @@ def _supervise(
 
 def _summarize(config: Config, run: RunDir, ending: _Ending, processes: int) -> dict:
     """The coordinator's summary.json with the supervisor's side of the story added, written back;
-    a crashed run also saves the model its neurons' checkpoints hold."""
-    summary = run.read_summary() or {"status": "failed"}
-    if ending.crashed:
+    a crashed or diverged run also saves the model its neurons' checkpoints hold (for a diverged
+    one the newest whose weights are all finite). On a full disk what cannot be written is left."""
+    try:
+        summary = run.read_summary() or {"status": "failed"}
+    except ValueError:  # a summary cut short
+        summary = {"status": "failed"}
+    if ending.code == NO_SPACE_EXIT:
+        summary["status"] = "disk_full"
+    elif ending.crashed:
         summary["status"] = "crashed"
-        summary["model_from_checkpoints"] = _model_from_checkpoints(config, run)
-    summary.update(
-        processes=processes,
-        peak_pss_mb=round(ending.peak_pss / 2**20, 1),
-        supervisor_restarts=ending.outcome.restarts,
-        supervisor_outcome=ending.outcome.reason,
-    )
-    run.write_summary(summary)
+    try:
+        if summary["status"] in ("crashed", "diverged"):
+            summary["model_from_checkpoints"] = _model_from_checkpoints(config, run)
+        summary.update(
+            processes=processes,
+            peak_pss_mb=round(ending.peak_pss / 2**20, 1),
+            supervisor_restarts=ending.outcome.restarts,
+            supervisor_outcome=ending.outcome.reason,
+        )
+        run.write_summary(summary)
+    except OSError as exc:
+        if exc.errno not in NO_SPACE:
+            raise
+        summary.update(status="disk_full", error=str(exc))
     return summary
 
 
@@ -280,6 +371,11 @@ def _exit_code(
     """The exit code, with a line on stderr saying how to resume a run that failed."""
     rt = config.runtime
     if ending.signals:
+        print(
+            f"exmachina: stopped at update {summary.get('updates', 0)}; resume with: exmachina learn "
+            f"--resume {run.path}",
+            file=sys.stderr,
+        )
         return SIGNAL_EXIT[ending.signals[0]]
     if ending.outcome.reason == "intensity_exceeded":
         print(
@@ -303,7 +399,29 @@ def _exit_code(
             file=sys.stderr,
         )
         return EXIT_FAILED
+    resume = f"exmachina learn --resume {run.path}"
+    if summary.get("status") == "disk_full":
+        print(
+            f"exmachina: disk full ({summary.get('error', 'no space left')}): run stopped, its checkpoints "
+            f"kept; free some space, then resume with: {resume}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    if summary.get("status") == "diverged":
+        kept = summary.get("model_from_checkpoints")
+        model = f"model.npz holds the weights at update {kept}" if kept is not None else "no model written"
+        print(
+            f"exmachina: training diverged ({summary.get('error')}): run stopped, {model}; lower "
+            "training.learning_rate, or set training.nan_policy: ignore",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     if summary.get("status") == "stalled":
+        print(
+            f"exmachina: the run stalled (no progress for {config.training.stall_timeout:g} s, see "
+            f"{run.log(COORDINATOR)}): no model written; resume with: {resume}",
+            file=sys.stderr,
+        )
         return EXIT_STALLED
     return EXIT_OK if ending.code == 0 and summary.get("status") == "completed" else EXIT_FAILED
 
@@ -320,17 +438,7 @@ def child_specs(
     child is handed its own keypair, and only its own: a restarted neuron comes back with the same
     key, so its peers still trust it."""
     keys = keys or {}
-    children = [
-        ChildSpec(
-            id=s.id,
-            target=serve,
-            args=(s, site, keys.get(s.id)),
-            restart="permanent",
-            shutdown=5.0,
-            title=f"exmachina: neuron {s.id}",
-        )
-        for s in specs
-    ]
+    children = neuron_children(specs, site, keys)
     # The coordinator is not restarted: if it dies the run stops (the model is rebuilt from the neurons'
     # checkpoints) and `exmachina learn --resume RUN` takes up from the last consistent checkpoint.
     train, holdout = data
@@ -355,17 +463,38 @@ def child_specs(
     return children
 
 
+def neuron_children(
+    specs: list[NeuronSpec], site: Site, keys: dict[str, curve.Keypair] | None = None
+) -> list[ChildSpec]:
+    """One permanent child per neuron, each handed its own CURVE keypair (if any) and no other's."""
+    keys = keys or {}
+    return [
+        ChildSpec(
+            id=s.id,
+            target=coordinator_module.serve_neuron if site.transport == "tcp" else serve,
+            args=(s, site, keys.get(s.id)),
+            restart="permanent",
+            shutdown=5.0,
+            title=f"exmachina: neuron {s.id}",
+        )
+        for s in specs
+    ]
+
+
 def _model_from_checkpoints(config: Config, run: RunDir) -> int | None:
-    """Save what can be saved: model.npz from the newest checkpoint every neuron shares."""
+    """Save what can be saved: model.npz from the newest checkpoint every neuron shares that loads
+    and is all finite; its count, or None."""
     ids_by_layer = [topology.layer_ids(config, i) for i in range(len(config.layer_sizes))]
-    count = checkpoints.common_count(run.path, [nid for ids in ids_by_layer for nid in ids])
-    if count is None:
-        return None
-    try:
-        checkpoints.assemble(run.path, parameters_module.initial(config), ids_by_layer, count).save(run.model)
-    except checkpoints.CheckpointError:
-        return None
-    return count
+    initial = parameters_module.initial(config)
+    for count in checkpoints.shared_counts(run.path, [nid for ids in ids_by_layer for nid in ids]):
+        try:
+            parameters = checkpoints.assemble(run.path, initial, ids_by_layer, count)
+        except checkpoints.CheckpointError:
+            continue
+        if all_finite(parameters):
+            parameters.save(run.model)
+            return count
+    return None
 
 
 def _describe(s: dict, run: RunDir) -> str:
@@ -381,7 +510,8 @@ def _describe(s: dict, run: RunDir) -> str:
             f"at epoch {s['best_epoch']})"
         )
     lines.append(f"  {s.get('processes')} processes, peak memory {s.get('peak_pss_mb')} MB (PSS, whole tree)")
-    lines.append(f"  run: {run.path}  (model.npz, metrics.jsonl, summary.json, neurons/*.log)")
+    written = [f.name for f in (run.model, run.metrics, run.summary) if f.exists()]
+    lines.append(f"  run: {run.path}  ({', '.join([*written, 'neurons/*.log'])})")
     return "\n".join(lines)
 
 
@@ -389,6 +519,19 @@ def _log_event(log: Log, event: Event) -> None:
     failed = event.kind in ("exited", "restarting", "intensity_exceeded") and event.exitcode
     say = log.warning if failed else log.info
     say("%s %s pid=%s exitcode=%s", event.kind, event.child or "", event.pid, event.exitcode)
+    if event.kind == "restarting" and event.child != COORDINATOR:
+        print(
+            f"exmachina: neuron {event.child} ended ({_how(event.exitcode)}): restarting it from its "
+            "checkpoint",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _how(exitcode: int | None) -> str:
+    if exitcode is not None and -exitcode in signal.valid_signals():
+        return f"killed by {signal.Signals(-exitcode).name}"
+    return f"exit code {exitcode}"
 
 
 def _set_title(title: str) -> None:
@@ -398,12 +541,6 @@ def _set_title(title: str) -> None:
         setproctitle.setproctitle(title)
     except ImportError:  # pragma: no cover - it is a dependency
         pass
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def main(

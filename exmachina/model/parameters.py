@@ -7,6 +7,8 @@ layer l, one weight per outgoing synapse. `biases[l]` has one entry per neuron o
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,21 +50,30 @@ class Parameters:
             "learn_bias": np.array(self.learn_bias),
             "names": np.array(self.names),
         }
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+            os.replace(tmp, path)
+        except BaseException:  # a full disk: the old file stays, and no .tmp is left
+            tmp.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: str | Path) -> Parameters:
-        with np.load(path) as z:
-            layers = len(z["names"])
-            return cls(
-                [z[f"axon_{i}"] for i in range(layers - 1)],
-                [z[f"bias_{i}"] for i in range(layers)],
-                [str(a) for a in z["activations"]],
-                [bool(b) for b in z["learn_bias"]],
-                [str(n) for n in z["names"]],
-            )
+        """Raises ValueError for a damaged file: every member of the zip carries a CRC32, so a
+        flipped byte is refused, never read as a wrong weight."""
+        try:
+            with np.load(path) as z:
+                layers = len(z["names"])
+                return cls(
+                    [z[f"axon_{i}"] for i in range(layers - 1)],
+                    [z[f"bias_{i}"] for i in range(layers)],
+                    [str(a) for a in z["activations"]],
+                    [bool(b) for b in z["learn_bias"]],
+                    [str(n) for n in z["names"]],
+                )
+        except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+            raise ValueError(f"{path}: damaged model file ({exc})") from None
 
 
 def initial(config: Config) -> Parameters:

@@ -12,7 +12,19 @@ import numpy as np
 
 from exmachina.data.datasets import Dataset, epoch_order
 from exmachina.model.activations import ACTIVATIONS, LOSSES, accuracy
-from exmachina.model.learning import axon_gradient, bias_gradient, descend, error, fire
+from exmachina.model.learning import (
+    CONSTANT,
+    SGD,
+    Optimizer,
+    Schedule,
+    axon_gradient,
+    bias_gradient,
+    descend,
+    error,
+    fire,
+    moments,
+    rate_at,
+)
 from exmachina.model.parameters import Parameters
 
 
@@ -24,12 +36,24 @@ class EpochResult:
 
 
 class Reference:
-    """Layer activities are (neurons, batch) matrices: column b is sample b of the batch."""
+    """Layer activities are (neurons, batch) matrices: column b is sample b of the batch. The
+    optimizer's moments are kept per layer, shaped like its axons and biases: row i of a layer's
+    moments is what neuron i of that layer keeps."""
 
-    def __init__(self, parameters: Parameters, loss: str, learning_rate: float) -> None:
+    def __init__(
+        self,
+        parameters: Parameters,
+        loss: str,
+        learning_rate: float,
+        optimizer: Optimizer = SGD,
+        schedule: Schedule = CONSTANT,
+    ) -> None:
         self.p = parameters
         self.loss = LOSSES[loss]
-        self.learning_rate = learning_rate
+        self.learning_rate, self.optimizer, self.schedule = learning_rate, optimizer, schedule
+        self.updates = 0
+        self.axon_moments = [moments(optimizer, axon) for axon in parameters.axons]
+        self.bias_moments = [moments(optimizer, bias) for bias in parameters.biases]
         self.activations = [ACTIVATIONS[name] for name in parameters.activations]
         # An output neuron's axon is one fixed synapse of weight 1 to the coordinator.
         self.output_axon = np.eye(parameters.sizes[-1])
@@ -52,18 +76,21 @@ class Reference:
         return self.forward(np.atleast_2d(inputs).T)[1][-1].T
 
     def train_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One SGD step on a batch (rows are samples); returns (loss per sample, outputs by row)."""
+        """One update on a batch (rows are samples); returns (loss per sample, outputs by row)."""
         nets, acts = self.forward(x.T)
-        lr, last = self.learning_rate, len(acts) - 1
+        lr, last = rate_at(self.schedule, self.learning_rate, self.updates), len(acts) - 1
+        self.updates += 1
+        opt, step = self.optimizer, self.updates
         output = acts[last]
         downstream = self.loss.grad(output, y.T)
         axon = self.output_axon
         for layer in range(last, -1, -1):
             delta = error(nets[layer], self.activations[layer], axon, downstream)
             if layer < last:
-                descend(self.p.axons[layer], axon_gradient(acts[layer], downstream), lr)
+                gradient = axon_gradient(acts[layer], downstream)
+                descend(self.p.axons[layer], gradient, lr, opt, self.axon_moments[layer], step)
             if self.p.learn_bias[layer]:
-                descend(self.p.biases[layer], bias_gradient(delta), lr)
+                descend(self.p.biases[layer], bias_gradient(delta), lr, opt, self.bias_moments[layer], step)
             if layer > 0:
                 axon, downstream = self.p.axons[layer - 1], delta
         return self.loss.value(output, y.T), output.T

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from exmachina.config import Config
+from exmachina.model.learning import CONSTANT, SGD, Optimizer, Schedule
 from exmachina.model.parameters import Parameters
 
 COORDINATOR = "coordinator"
@@ -34,6 +35,8 @@ class NeuronSpec:
     upstream: tuple[str, ...]  # ids, in synapse order: one dendrite synapse each
     downstream: tuple[str, ...]
     updates: int = 0  # the training count these weights stand at (non-zero when resuming)
+    optimizer: Optimizer = SGD  # its moments live in the neuron, for its own axon and bias
+    schedule: Schedule = CONSTANT  # the rate of each update, from the neuron's own update count
 
 
 def neuron_id(layer_name: str, index: int) -> str:
@@ -68,6 +71,8 @@ def neurons(config: Config, parameters: Parameters, updates: int = 0) -> list[Ne
                     upstream=upstream,
                     downstream=downstream,
                     updates=updates,
+                    optimizer=config.training.optimizer,
+                    schedule=config.training.schedule,
                 )
             )
     return specs

@@ -13,22 +13,27 @@ and replays that sample under a new id. The updates the neuron made since its ch
 from __future__ import annotations
 
 import collections
+import dataclasses
+import errno
 import itertools
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import zmq
 
-from exmachina.config import Config
+from exmachina.config import STARTUP_TIMEOUT_S, Config
 from exmachina.data.datasets import Dataset, epoch_order
 from exmachina.model.activations import LOSSES, accuracy, predictions
 from exmachina.model.parameters import Parameters, of_config
-from exmachina.model.topology import COORDINATOR, INBOX, layer_ids
+from exmachina.model.topology import COORDINATOR, INBOX, NeuronSpec, layer_ids
 from exmachina.network import curve, transport, wire
+from exmachina.network.neuron import serve
 from exmachina.network.progress import Progress
 from exmachina.rundir import checkpoints
 from exmachina.rundir.directory import RunDir, Site, write_json
@@ -40,11 +45,17 @@ STOP_GRACE_S = 0.5  # on SIGTERM: for the sample in flight, then for the final c
 # orphaned coordinator gets 2 s in all from SIGTERM to SIGKILL: supervisor.lifeline.ORPHAN_GRACE_S)
 MAX_REPLAYS = 3  # a sample that stalls this many times running ends the run
 EVAL_BATCH = 64  # rows per message when only evaluating
+NO_SPACE_EXIT = 4  # the coordinator's exit code when the disk is full, as summary.json may not be written
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 SYNAPSE = wire.SYNAPSE_RECORDS
 
 
 class Stalled(RuntimeError):
     """No message arrived within the stall timeout: a neuron is gone or wedged."""
+
+
+class Diverged(RuntimeError):
+    """A loss or a weight is NaN or infinite (training.nan_policy: stop)."""
 
 
 class Stopped(Exception):
@@ -162,6 +173,10 @@ class Coordinator:
             self.gatekeeper = curve.Gatekeeper(self.ctx, neurons, log, site.public_keys)
             curve.serve(self.inbox, keys)
         self.inbox.bind(site.coordinator)
+        if site.coordinator.endswith(":*"):  # tcp: the port is the one the kernel gave this socket
+            bound = self.inbox.getsockopt_string(zmq.LAST_ENDPOINT)
+            self.site = site = dataclasses.replace(site, coordinator=bound)
+            publish_address(site.run_dir, bound)
         if self.gatekeeper is not None:
             self.gatekeeper.start(self.inbox)
             log.info("curve: inbox is a CURVE server with public key %s", keys.public.decode())
@@ -184,6 +199,13 @@ class Coordinator:
         if self.stop_requested_at is None:
             self.stop_requested_at = time.monotonic()
 
+    def close(self) -> None:
+        """Close every socket and remove the inbox's socket file."""
+        if self.gatekeeper is not None:  # its thread uses the context's sockets: it goes first
+            self.gatekeeper.stop()
+        self.ctx.destroy(linger=0)  # nothing it still queues is owed to anyone
+        transport.release([self.site.coordinator])
+
     # -- messages -------------------------------------------------------------------------------
 
     def _receive(self, deadline: float) -> Received:
@@ -205,8 +227,12 @@ class Coordinator:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise Stalled(f"no message for {self.config.training.stall_timeout:.0f} s")
-            if self.inbox.poll(min(remaining, 0.25) * 1000):
-                self._read_inbox()
+            self._wait(min(remaining, 0.25))
+
+    def _wait(self, timeout: float) -> None:
+        """Block up to `timeout` seconds for the inbox, then read what it holds into the backlog."""
+        if self.inbox.poll(timeout * 1000):
+            self._read_inbox()
 
     def _read_inbox(self) -> None:
         """Decode every frame queued on the inbox into the backlog; drop, count and log malformed ones."""
@@ -234,9 +260,10 @@ class Coordinator:
         me = {
             "pid": os.getpid(),
             "time": time.time(),
-            "sample": self.sample,
+            "sample": self.sample,  # the last batch id: batches launched, replays and evaluation included
+            "samples": self.position.samples,  # training samples learnt from
             "dropped": self.dropped,
-            "updates": self.position.updates,
+            "updates": self.position.updates,  # training batches learnt from
             "restarts": self.restarts,
         }
         # rewritten every stats interval while every neuron waits on this process: compact
@@ -571,6 +598,11 @@ class Coordinator:
         """Book one completed batch: scores, position, and the periodic checkpoint and snapshot."""
         c, p = self.config, self.position
         losses = self.loss.value(flight.output, flight.y.T)
+        if c.training.nan_policy == "stop" and not np.all(np.isfinite(losses)):
+            raise Diverged(
+                f"the loss is {losses[~np.isfinite(losses)][0]} at epoch {p.epoch + 1}, "
+                f"update {p.updates + 1}"
+            )
         predicted, wanted = predictions(flight.output.T), predictions(flight.y)
         for row, loss, pred, want, x, out in zip(
             flight.rows, losses, predicted, wanted, flight.x, flight.output.T
@@ -610,7 +642,7 @@ class Coordinator:
         """Epochs until the last, the target loss, a stop or a stall; then the model and the summary."""
         p = self.position
         started, first = time.monotonic(), p.samples
-        status = ""
+        status = error = ""
         try:
             while not status and p.epoch < self.config.training.epochs:
                 status = self._epoch(train, holdout, progress, started)
@@ -619,6 +651,14 @@ class Coordinator:
         except Stalled as exc:
             status = "stalled"
             self.log.error("samples stalled %d times: %s", MAX_REPLAYS, exc)
+        except Diverged as exc:
+            status, error = "diverged", str(exc)
+            self.log.error("training diverged: %s", exc)
+        except OSError as exc:
+            if exc.errno not in NO_SPACE:
+                raise
+            status, error = "disk_full", str(exc)
+            self.log.error("disk full: %s", exc)
         status = status or "completed"
         if status == "stopped":
             self.log.info("stop requested at update %d: checkpointing what the neurons know", p.updates)
@@ -632,6 +672,8 @@ class Coordinator:
             "samples_per_s": (p.samples - first) / train_time if train_time else 0.0,
             "restarts": self.restarts,
         }
+        if error:
+            summary["error"] = error
         self._finish(summary, train, holdout)
         return summary
 
@@ -685,7 +727,11 @@ class Coordinator:
             else:
                 parameters.save(self.run.model)
         elif summary["status"] == "completed":
-            self.collect(wire.SNAPSHOT, -self.sample - 1).save(self.run.model)
+            parameters = self.collect(wire.SNAPSHOT, -self.sample - 1)
+            if self.config.training.nan_policy == "stop" and not all_finite(parameters):
+                summary.update(status="diverged", error="a weight is not finite at the end of training")
+                return
+            parameters.save(self.run.model)
             summary["final_loss"], summary["accuracy"], _ = self.evaluate(train)
             if holdout is not None:
                 summary["holdout_loss"], summary["holdout_accuracy"], _ = self.evaluate(holdout)
@@ -702,6 +748,7 @@ def coordinate(
 ) -> None:
     """Process entry point of the coordinator. `position`: where a resumed run takes up; `keys`: its
     own CURVE keypair when the run's links are encrypted."""
+    np.seterr(all="ignore")  # a non-finite loss is reported once, by training.nan_policy
     run = RunDir(site.run_dir)
     log = open_log(COORDINATOR, run.log(COORDINATOR), site.log_level, site.log_max_bytes, site.log_backups)
     log.info(
@@ -733,6 +780,11 @@ def coordinate(
     except Stalled as exc:
         log.error("start-up stalled: %s", exc)
         summary = {"status": "stalled", "epochs": 0, "samples": 0}
+    except OSError as exc:
+        if exc.errno not in NO_SPACE:
+            raise
+        log.error("disk full: %s", exc)
+        summary = {"status": "disk_full", "error": str(exc), "epochs": 0, "samples": 0}
     finally:
         progress.close()
         summary.update(
@@ -741,12 +793,61 @@ def coordinate(
             neurons=len(coordinator.all_ids),
             dropped_messages=coordinator.dropped,
         )
-        run.write_summary(summary)
-        log.info("end: %s", summary)
-        if coordinator.gatekeeper is not None:  # its thread uses the context's sockets: it goes first
-            coordinator.gatekeeper.stop()
-        coordinator.ctx.destroy(linger=0)  # nothing it still queues is owed to anyone
-        transport.release([site.coordinator])
+        _write_summary(run, summary, log)
+        coordinator.close()
         close_log(log)
     if summary["status"] == "stalled":
         raise SystemExit(3)
+    if summary["status"] == "disk_full":
+        raise SystemExit(NO_SPACE_EXIT)
+
+
+ADDRESS_FILE = "coordinator.address"
+ADDRESS_POLL_S = 0.02
+
+
+def publish_address(run_dir: str, endpoint: str) -> None:
+    """Tell the run where the coordinator's tcp inbox is bound: written aside, then renamed."""
+    path = Path(run_dir) / ADDRESS_FILE
+    tmp = path.with_name(f".{ADDRESS_FILE}.tmp")
+    tmp.write_text(endpoint + "\n")
+    os.replace(tmp, path)
+
+
+def await_address(run_dir: str, timeout: float = STARTUP_TIMEOUT_S) -> str:
+    """The coordinator's bound tcp endpoint, once it has published it."""
+    path = Path(run_dir) / ADDRESS_FILE
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path}: the coordinator did not bind within {timeout:g} s")
+        time.sleep(ADDRESS_POLL_S)
+    return path.read_text().strip()
+
+
+def serve_neuron(spec: NeuronSpec, site: Site, keys: curve.Keypair | None = None) -> None:
+    """A neuron of a tcp run: the coordinator binds a port of its own choosing (`tcp://host:*`),
+    never one picked for it and released, which a neuron's own bind could take first; so a neuron
+    starts by reading the address the coordinator published."""
+    try:
+        endpoint = await_address(site.run_dir)
+    except TimeoutError as exc:
+        print(f"exmachina: neuron {spec.id}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    serve(spec, dataclasses.replace(site, coordinator=endpoint), keys)
+
+
+def all_finite(parameters: Parameters) -> bool:
+    """Every weight and bias a finite number."""
+    return all(np.all(np.isfinite(a)) for a in [*parameters.axons, *parameters.biases])
+
+
+def _write_summary(run: RunDir, summary: dict, log: Log) -> None:
+    """summary.json; on a full disk the status goes out by the exit code instead."""
+    try:
+        run.write_summary(summary)
+    except OSError as exc:
+        if exc.errno not in NO_SPACE:
+            raise
+        summary.update(status="disk_full", error=str(exc))
+    log.info("end: %s", summary)

@@ -19,7 +19,17 @@ import numpy as np
 import zmq
 
 from exmachina.model.activations import ACTIVATIONS
-from exmachina.model.learning import axon_gradient, bias_gradient, descend, error, fire
+from exmachina.model.learning import (
+    SGD,
+    Optimizer,
+    axon_gradient,
+    bias_gradient,
+    descend,
+    error,
+    fire,
+    moments,
+    rate_at,
+)
 from exmachina.model.topology import COORDINATOR, INBOX, NeuronSpec, socket_name
 from exmachina.network import curve, transport, wire
 from exmachina.rundir import checkpoints
@@ -126,10 +136,14 @@ class Dendrites:
 
 
 class Axon:
-    """The outgoing synapses, each with its own weight."""
+    """The outgoing synapses, each with its own weight, and the optimizer's moments of those weights."""
 
-    def __init__(self, weights: np.ndarray, plastic: bool, peers: tuple[str, ...], log: Log) -> None:
+    def __init__(
+        self, weights: np.ndarray, plastic: bool, peers: tuple[str, ...], log: Log, optimizer: Optimizer = SGD
+    ) -> None:
         self.weights, self.plastic, self.peers, self.log = weights, plastic, peers, log
+        self.optimizer = optimizer
+        self.moments = moments(optimizer, weights) if plastic else []
         self.debug = log.isEnabledFor(DEBUG)
         self.errors = Pending(len(weights), log, "errors")
         self.links: list[zmq.Socket] = []  # one PUSH to each downstream peer, in synapse order
@@ -148,9 +162,9 @@ class Axon:
             link.send(wire.encode(kind, field, me, data[i * size : (i + 1) * size]))
         return len(self.links)
 
-    def learn(self, gradient: np.ndarray, learning_rate: float) -> None:
+    def learn(self, gradient: np.ndarray, rate: float, step: int) -> None:
         if self.plastic:
-            descend(self.weights, gradient, learning_rate)
+            descend(self.weights, gradient, rate, self.optimizer, self.moments, step)
 
 
 class Neuron:
@@ -163,7 +177,8 @@ class Neuron:
         self.activation = ACTIVATIONS[spec.activation]
         self.bias = np.array(spec.bias)  # 0-d array: updated in place like the axon
         self.dendrites = Dendrites(spec.upstream, log)
-        self.axon = Axon(spec.axon.astype(float), spec.plastic_axon, spec.downstream, log)
+        self.axon = Axon(spec.axon.astype(float), spec.plastic_axon, spec.downstream, log, spec.optimizer)
+        self.bias_moments = moments(spec.optimizer, self.bias) if spec.learn_bias else []
         self.sent = 0
         # sample -> (net, activity, the axon it was sent with), until its errors are back: with several
         # samples in flight, a sample's error uses the weights it saw going forward (weight stashing)
@@ -234,9 +249,10 @@ class Neuron:
     def _learn(self, sample: int, activity: np.ndarray, errors: np.ndarray, delta: np.ndarray) -> None:
         """One sample's update, as online: the group's samples each move the weights in turn."""
         gradient = axon_gradient(activity, errors)  # 8. gradient of each outgoing weight
-        self.axon.learn(gradient, self.spec.learning_rate)  # 9. update the weights
+        rate, step = rate_at(self.spec.schedule, self.spec.learning_rate, self.updates), self.updates + 1
+        self.axon.learn(gradient, rate, step)  # 9. update the weights (and the bias)
         if self.spec.learn_bias:
-            descend(self.bias, bias_gradient(delta), self.spec.learning_rate)
+            descend(self.bias, bias_gradient(delta), rate, self.spec.optimizer, self.bias_moments, step)
         self.updates += 1
         self.error_sum += _mean(delta, magnitude=True)
         if self.debug:
@@ -259,9 +275,18 @@ class Neuron:
             del self.dropped[next(iter(self.dropped))]
 
     def restore(self, state: dict) -> None:
-        """Take up the weights, bias and count of a checkpoint (after a restart)."""
+        """Take up the weights, bias, optimizer moments and count of a checkpoint (after a restart)."""
         self.axon.weights[:] = checkpoints.weights_of(state)
         self.bias[...] = state["bias"]
+        weight_moments, bias_moments = checkpoints.moments_of(state)
+        if len(weight_moments) != len(self.axon.moments) or len(bias_moments) != len(self.bias_moments):
+            raise checkpoints.CheckpointError(
+                f"checkpoint at update {state['updates']} holds {len(weight_moments)}+{len(bias_moments)} "
+                f"moments, the {self.spec.optimizer.name} optimizer keeps "
+                f"{len(self.axon.moments)}+{len(self.bias_moments)}"
+            )
+        for kept, saved in zip([*self.axon.moments, *self.bias_moments], [*weight_moments, *bias_moments]):
+            kept[...] = saved
         self.updates = self.reported_updates = state["updates"]
 
 
@@ -300,6 +325,7 @@ def serve(
     """Process entry point: bind, say hello, get wired, then handle messages until told to stop.
     `keys`: this neuron's own CURVE keypair when the run's links are encrypted; `started`: told the
     process once it is bound (a Ray actor keeps it to pass on a stop)."""
+    np.seterr(all="ignore")  # a diverging run is the coordinator's to report (training.nan_policy)
     log = open_log(
         spec.id, RunDir(site.run_dir).log(spec.id), site.log_level, site.log_max_bytes, site.log_backups
     )
@@ -335,16 +361,7 @@ class NeuronProcess:
         self.spec, self.site, self.log, self.keys = spec, site, log, keys
         self.neuron = Neuron(spec, log)
         self.kept = checkpoints.counts(site.run_dir, spec.id)  # listed once; save() keeps it current
-        state = checkpoints.latest(site.run_dir, spec.id)  # a damaged file raises: crash on start
-        self.restored = state is not None and state["updates"] > spec.updates
-        if self.restored:
-            self.neuron.restore(state)
-            log.info(
-                "restarted: restored checkpoint at update %d: bias=%+.4f axon=%s",
-                state["updates"],
-                float(self.neuron.bias),
-                _fmt(self.neuron.axon.weights),
-            )
+        self.restored = self._restore()
         self.received = self.dropped = 0
         self.wired = False  # no stats before: nothing to say, and a thousand starting neurons would
         # queue them for a coordinator that has yet to bind and then must read them all
@@ -520,6 +537,8 @@ class NeuronProcess:
             len(downstream),
             _peers(spec.downstream),
         )
+        if n.updates > wiring.updates:  # a checkpoint of an update the network never counted
+            self._restore(at_most=wiring.updates)
         if self.restored or wiring.updates != n.updates:
             self.log.warning(
                 "restart: lost %d updates (weights stand at update %d, the network at %d)",
@@ -532,20 +551,67 @@ class NeuronProcess:
         self.wired = True
         self.coordinator.send(wire.encode(wire.READY, spec.id))
 
+    def _restore(self, at_most: int | None = None) -> bool:
+        """Take up the newest checkpoint that loads (at `at_most` updates or below), passing over and
+        reporting damaged ones; else the spec's weights, the cut the run started from. Whether any
+        checkpoint newer than the spec was taken up.
+
+        `at_most`: the network's count. A neuron checkpoints as soon as it has updated, before the
+        batch is complete everywhere; killed then, its newest checkpoint holds an update the network
+        did not count, and the replayed batch would be learnt twice. An older one is taken instead."""
+        n, spec = self.neuron, self.spec
+
+        def damaged(exc: checkpoints.CheckpointError) -> None:
+            self.log.warning("%s: using an older checkpoint", exc)
+            print(f"exmachina: neuron {spec.id}: {exc}: using an older checkpoint", file=sys.stderr)
+
+        state = checkpoints.newest_readable(self.site.run_dir, spec.id, at_most, damaged)
+        if state is None or state["updates"] < spec.updates:
+            if at_most is not None:  # back to where the run started, the optimizer's moments at zero
+                n.restore(
+                    checkpoints.neuron_state(
+                        spec.axon,
+                        spec.bias,
+                        spec.updates,
+                        [np.zeros_like(m) for m in n.axon.moments],
+                        [0.0 for _ in n.bias_moments],
+                    )
+                )
+            return False
+        n.restore(state)
+        if state["updates"] == spec.updates:  # the cut a run resumes from: its moments are only here
+            return False
+        self.log.info(
+            "restarted: restored checkpoint at update %d: bias=%+.4f axon=%s",
+            state["updates"],
+            float(n.bias),
+            _fmt(n.axon.weights),
+        )
+        return True
+
     def _send_state(self, request: int) -> None:
         n = self.neuron
         state = [float(n.bias), n.axon.weights.tolist(), n.updates]
         self.coordinator.send(wire.encode(wire.STATE, self.spec.id, request, *state))
 
     def _checkpoint(self) -> None:
+        """Save this neuron's state. A full disk is not this neuron's fault: it goes on without this
+        checkpoint (the cut it belonged to is incomplete, so a resume takes an older one), and the
+        coordinator, whose own writes fail too, stops the run."""
         n = self.neuron
-        checkpoints.save(
-            self.site.run_dir,
-            self.spec.id,
-            n.updates,
-            checkpoints.neuron_state(n.axon.weights, float(n.bias), n.updates),
-            self.kept,
-        )
+        try:
+            checkpoints.save(
+                self.site.run_dir,
+                self.spec.id,
+                n.updates,
+                checkpoints.neuron_state(
+                    n.axon.weights, float(n.bias), n.updates, n.axon.moments, n.bias_moments
+                ),
+                self.kept,
+            )
+        except OSError as exc:
+            self.log.warning("checkpoint at update %d not written: %s", n.updates, exc)
+            return
         self.log.debug("checkpoint at update %d", n.updates)
 
     def _report(self) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +50,7 @@ def save(
     path = folder / f"{owner}.{count:012d}.ckpt"
     tmp = folder / f".{path.name}.{os.getpid()}.tmp"
     body = msgpack.packb({"owner": owner, "count": count, **state}, use_bin_type=True)
-    with open(tmp, "wb") as fh:
-        fh.write(msgpack.packb([zlib.crc32(body), body], use_bin_type=True))
-    os.replace(tmp, path)
+    write_atomic(tmp, path, msgpack.packb([zlib.crc32(body), body], use_bin_type=True))
     if kept is None:
         kept = counts(run_dir, owner)
     elif count not in kept:
@@ -62,6 +60,18 @@ def save(
         (folder / f"{owner}.{old:012d}.ckpt").unlink(missing_ok=True)
     del kept[:-KEEP]
     return path
+
+
+def write_atomic(tmp: Path, path: Path, data: bytes) -> None:
+    """`data` into `tmp`, renamed to `path`; on a failure (a full disk) no `.tmp` is left behind and
+    `path` keeps what it held."""
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def counts(run_dir: str | Path, owner: str) -> list[int]:
@@ -99,21 +109,66 @@ def latest(run_dir: str | Path, owner: str) -> dict[str, Any] | None:
     return load(run_dir, owner, found[-1]) if found else None
 
 
-def common_count(run_dir: str | Path, owners: Iterable[str]) -> int | None:
-    """The newest count every owner has a checkpoint for: a consistent cut, or None."""
+def newest_readable(
+    run_dir: str | Path,
+    owner: str,
+    at_most: int | None = None,
+    damaged: Callable[[CheckpointError], None] | None = None,
+) -> dict[str, Any] | None:
+    """The owner's newest checkpoint that loads, at `at_most` or below; each damaged one on the way
+    is passed to `damaged` (to be reported) and passed over. None if there is none."""
+    for count in reversed(counts(run_dir, owner)):
+        if at_most is not None and count > at_most:
+            continue
+        try:
+            return load(run_dir, owner, count)
+        except CheckpointError as exc:
+            if damaged is not None:
+                damaged(exc)
+    return None
+
+
+def shared_counts(run_dir: str | Path, owners: Iterable[str]) -> list[int]:
+    """Every count all owners have a checkpoint for, newest first: the consistent cuts."""
     shared: set[int] | None = None
     for owner in owners:
         mine = set(counts(run_dir, owner))
         shared = mine if shared is None else shared & mine
-    return max(shared) if shared else None
+    return sorted(shared or (), reverse=True)
 
 
-def neuron_state(weights: np.ndarray, bias: float, updates: int) -> dict[str, Any]:
-    return {"bias": float(bias), "weights": weights.astype("<f8").tobytes(), "updates": updates}
+def common_count(run_dir: str | Path, owners: Iterable[str]) -> int | None:
+    """The newest count every owner has a checkpoint for: a consistent cut, or None."""
+    shared = shared_counts(run_dir, owners)
+    return shared[0] if shared else None
+
+
+def neuron_state(
+    weights: np.ndarray,
+    bias: float,
+    updates: int,
+    weight_moments: Iterable[np.ndarray] = (),
+    bias_moments: Iterable[np.ndarray | float] = (),
+) -> dict[str, Any]:
+    """A neuron's state; the moments are its optimizer's (none for plain SGD), one array shaped like
+    the axon and one number for the bias each, so that a restarted neuron resumes them too."""
+    return {
+        "bias": float(bias),
+        "weights": weights.astype("<f8").tobytes(),
+        "updates": updates,
+        "weight_moments": [m.astype("<f8").tobytes() for m in weight_moments],
+        "bias_moments": [float(m) for m in bias_moments],
+    }
 
 
 def weights_of(state: dict[str, Any]) -> np.ndarray:
     return np.frombuffer(state["weights"], dtype="<f8").copy()
+
+
+def moments_of(state: dict[str, Any]) -> tuple[list[np.ndarray], list[float]]:
+    """(moments of the axon, moments of the bias) of a neuron's state."""
+    weights = [np.frombuffer(m, dtype="<f8").copy() for m in state.get("weight_moments", [])]
+    return weights, [float(m) for m in state.get("bias_moments", [])]
 
 
 def assemble(run_dir: str | Path, initial: Any, ids_by_layer: list[tuple[str, ...]], count: int) -> Any:

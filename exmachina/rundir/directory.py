@@ -84,20 +84,35 @@ class RunDir:
         return cls(final)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.metrics, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        """One whole line in one write on an O_APPEND descriptor: a full disk fails the write, it
+        does not leave half a line for the next reader."""
+        line = (json.dumps(record) + "\n").encode()
+        fd = os.open(self.metrics, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if os.write(fd, line) != len(line):
+                os.ftruncate(fd, size)  # a short write: take the part back, and say so
+                raise OSError(28, "No space left on device", str(self.metrics))
+        finally:
+            os.close(fd)
 
     def truncate_metrics(self, epochs: int) -> None:
         """Keep only what happened up to `epochs` completed epochs (a resumed run redoes the rest)."""
         kept = [r for r in self.read_metrics() if r.get("event") != "epoch" or r["epoch"] <= epochs]
         tmp = self.metrics.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.metrics)
+        _write_atomic(tmp, self.metrics, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """Every whole line: a line cut short (a disk that filled mid-write) is not a record."""
         if not self.metrics.exists():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        records = []
+        for line in self.metrics.read_text(errors="replace").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return [r for r in records if isinstance(r, dict)]
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json(self.summary, summary)
@@ -110,8 +125,17 @@ def write_json(path: Path, value: Any, indent: int | None = 1) -> None:
     """Atomic (write aside, then rename): a reader never sees half a file. `indent=None` is the
     compact form, twice as fast to write (json's C encoder only serves it)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=indent) + "\n")
-    os.replace(tmp, path)
+    _write_atomic(tmp, path, (json.dumps(value, indent=indent) + "\n").encode())
+
+
+def _write_atomic(tmp: Path, path: Path, data: bytes) -> None:
+    """`data` into `tmp`, renamed to `path`; a failure (a full disk) leaves no `.tmp` behind."""
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def resolve(run: str | Path | None, runs_dir: str | Path = "runs") -> RunDir:

@@ -15,7 +15,6 @@ becomes `.1`, `.1` becomes `.2`, and so on), which the tools that follow a log (
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 import traceback
@@ -86,10 +85,8 @@ class Log:
                     self._rotate()
                 os.write(self._fd, data)
                 self._size += len(data)
-            except OSError as exc:  # a full disk must not stop the process; say so once
-                if not self._failed:
-                    self._failed = True
-                    print(f"exmachina: cannot write log {self.path}: {exc}", file=sys.stderr)
+            except OSError:  # a full disk must not stop the process, nor flood the terminal with a
+                self._failed = True  # line per process: the run's own writes fail too, and say so once
 
     def _open(self) -> None:
         assert self.path is not None  # a log without a path is OFF and never opens

@@ -57,7 +57,8 @@ def evaluate(run: str | None, data: Path | None = None, as_json: bool = False) -
             raise ModelError(f"{data}: rows have no targets to evaluate against")
     else:
         rows = model.held_out()
-        what = "held-out rows" if model.config.data.holdout else "training rows (the run held none out)"
+        held = model.config is not None and model.config.data.holdout
+        what = "held-out rows" if held else "training rows (the run held none out)"
     scores = model.evaluate(rows)
     if as_json:
         print(json.dumps({**scores, "rows": len(rows)}))

@@ -21,6 +21,7 @@ from exmachina.tools.inspection import (
     COORDINATOR_TITLE,
     SUPERVISOR,
     SUPERVISOR_TITLE,
+    InspectError,
     RunView,
     alive,
     console,
@@ -129,11 +130,12 @@ def table(view: RunView, old: dict[str, Any], new: dict[str, Any], meter: Meter)
             t.add_row(*cells)
             live += up
     coord, coord_old = new.get("coordinator") or {}, old.get("coordinator") or {}
-    done_key = "completed" if "completed" in coord else "sample"
+    done_key = "updates"
     live += _add_run_rows(t, coord, done_key, meter)
     restarts = coord.get("restarts")
     t.title = (
-        f"{view.name}: sample {coord.get('sample', '?')}, {_rate(coord_old, coord, done_key)} samples/s"
+        f"{view.name}: {coord.get('samples', '?')} samples in {coord.get('updates', '?')} batches, "
+        f"{_rate(coord_old, coord, 'samples')} samples/s"
         + (f", {restarts} restarts" if restarts else "")
         + f"  [dim](rates over the last {interval:g} s stats interval)[/]"
     )
@@ -258,3 +260,35 @@ def show_processes(run: str | None, watch: bool = False) -> int:
     out.print()
     out.print(not_live(view, second))
     return 0
+
+
+def kill_neuron(run: str | None, neuron: str, signal_name: str = "KILL") -> int:
+    """`exmachina kill [RUN] --neuron ID`: signal one neuron process of that run only. Its pid is
+    found among the descendants of that run's own supervisor (the ancestor of the coordinator named in
+    the run's stats.json), never by a title alone, which a neuron of another run on the machine shares."""
+    import signal as signals
+
+    view = RunView.open(run)
+    try:
+        signum = signals.Signals[f"SIG{signal_name.upper().removeprefix('SIG')}"]
+    except KeyError:
+        raise InspectError(f"no signal {signal_name!r} (e.g. KILL, TERM, STOP, CONT)") from None
+    if neuron not in {nid for _, ids in view.layers for nid in ids}:
+        raise InspectError(f"{view.name}: no neuron {neuron!r} (ids are layer.index, e.g. hidden1.0)")
+    coordinator = ((view.stats() or {}).get("coordinator") or {}).get("pid")
+    sup = supervisor_pid(coordinator) if alive(coordinator, COORDINATOR_TITLE) else None
+    if sup is None:
+        raise InspectError(f"{view.name}: not live (no coordinator and supervisor of this run running)")
+    pid = next((p.pid for p in _descendants(sup) if alive(p.pid, title_of(neuron))), None)
+    if pid is None:
+        raise InspectError(f"{view.name}: neuron {neuron} has no live process (restarting?)")
+    psutil.Process(pid).send_signal(signum)
+    print(f"exmachina: sent {signum.name} to neuron {neuron} (pid {pid}) of {view.name}")
+    return 0
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
