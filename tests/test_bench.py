@@ -7,6 +7,7 @@ timed-out row is reported as failed without stopping the rest or leaking process
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import math
@@ -17,7 +18,7 @@ import pytest
 import yaml
 from rich.console import Console
 
-from exmachina.bench import accuracy, baselines, profiles, render, runs, suite, tasks
+from exmachina.bench import accuracy, baselines, cli, profiles, render, runs, suite, tasks
 from exmachina.bench import ipc as bench_ipc
 from exmachina.network import transport, wire
 
@@ -186,6 +187,43 @@ def test_pipelining_reuses_what_training_measured(tmp_path):
         (1, True, "256-8-10 online"),
         (4, True, "in-flight"),
     ]
+
+
+@pytest.mark.timeout(60)
+def test_only_the_sections_asked_for_are_run_and_rendered(tmp_path, no_leftovers):
+    out = tmp_path / "results.json"
+    results = suite.run_bench(TINY, out, say=lambda _: None, only=("startup",))
+    assert results["startup"] == [] and not {"transport", "training", "cores"} & set(results)
+    text = io.StringIO()
+    render.render(json.loads(out.read_text()), Console(file=text, width=170))
+    assert "start-up" in text.getvalue() and "transport ceiling" not in text.getvalue()
+
+
+@pytest.mark.unit
+def test_the_sections_flag_names_known_sections_only():
+    assert cli._sections("pipelining, training") == ("pipelining", "training")
+    with pytest.raises(argparse.ArgumentTypeError, match="no section pipelines"):
+        cli._sections("pipelines")
+
+
+@pytest.mark.unit
+def test_the_accuracy_line_sets_the_pipelined_network_against_online():
+    row = {"name": "256-8-10 K=32, 3 epochs", "status": "ok", "holdout_accuracy": 0.5, "samples_per_s": 70.0}
+    accuracy = {"epochs": 3, "k": 32, "online_reference": 0.675, "pipelined": row}
+    line = render._accuracy_line(accuracy)
+    assert "after 3 epochs" in line and "67.5%" in line and "K=32" in line
+    assert "50.0% (-17.5 points, 70.00 samples/s)" in line
+    failed = {**accuracy, "pipelined": {"name": row["name"], "status": "failed", "error": "timed out"}}
+    assert "failed" in render._accuracy_line(failed)
+    assert render.failures({"pipelined_accuracy": failed}) == ["256-8-10 K=32, 3 epochs: timed out"]
+
+
+@pytest.mark.unit
+def test_the_held_out_semeion_config_uses_every_row_and_the_reference_scores_it(tmp_path):
+    config = tasks.semeion_config(None, profiles.SEMEION, 32, 1, 1, holdout=0.2)
+    assert config["data"]["limit"] is None and config["data"]["holdout"] == 0.2
+    accuracy = tasks.reference_holdout(config)
+    assert 0.0 <= accuracy <= 1.0
 
 
 @pytest.mark.timeout(120)

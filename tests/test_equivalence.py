@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from exmachina.config import load_config
 from exmachina.data import datasets
 from exmachina.model import parameters
 from exmachina.model.parameters import Parameters
@@ -141,17 +142,39 @@ def test_every_optimizer_online_and_batched_equals_the_reference(tmp_path, optim
     assert max(np.abs(a - b).max() for a, b in zip(trained.axons, sgd.p.axons)) > 1e-2
 
 
-def test_same_seed_gives_bit_identical_weights(tmp_path):
+@pytest.mark.parametrize("in_flight", [1, 3])
+def test_same_seed_gives_bit_identical_weights(tmp_path, in_flight):
+    """Online, and pipelined too: batches in flight travel as groups that each start from the same
+    weights in every neuron, so the timing of the messages changes nothing."""
     models = []
     for attempt in ("a", "b"):
         directory = tmp_path / attempt
         directory.mkdir()
-        path = write_config(directory, xor_config(training={"learning_rate": 0.5, "epochs": 80}))
+        training = {"learning_rate": 0.5, "epochs": 80, "max_in_flight": in_flight}
+        path = write_config(directory, xor_config(training=training))
         result = run_learn(path)
         assert result.returncode == 0, result.stderr
         models.append(Parameters.load(next((directory / "runs").glob("xor-*")) / "model.npz"))
     for a, b in zip(models[0].axons + models[0].biases, models[1].axons + models[1].biases):
         assert np.array_equal(a, b)
+
+
+def test_k_samples_in_flight_learn_what_mini_batches_of_k_learn_at_k_times_the_rate(tmp_path):
+    """K in flight go forward as one group with the same weights, then each sample's error moves the
+    weights in turn (weight stashing): the sum of the group's gradients, which is the reference's
+    mini-batch of K at K times the rate."""
+    k, lr = 2, 0.5
+    training = {"learning_rate": lr, "epochs": 150, "max_in_flight": k}
+    path = write_config(tmp_path, xor_config(training=training))
+    result = run_learn(path)
+    assert result.returncode == 0, result.stderr
+    config = load_config(path)
+    reference = Reference(parameters.initial(config), config.training.loss, lr * k)
+    data = datasets.load(config)
+    for epoch in range(config.training.epochs):
+        reference.train_epoch(data, epoch, config.seed, config.training.shuffle, batch_size=k)
+    trained = Parameters.load(next((tmp_path / "runs").glob("xor-*")) / "model.npz")
+    assert_same_parameters(trained, reference.p)
 
 
 def test_reference_learns_xor():

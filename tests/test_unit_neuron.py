@@ -361,14 +361,16 @@ class InprocNetwork:
             for nid, neuron in self.neurons.items():
                 for kind, sample, sender, data in frames(self.inboxes[nid]):
                     busy = True
+                    group = type(sample) is list
                     if kind == wire.BACKWARD:
-                        neuron.on_error(sample, sender, data)
+                        (neuron.on_errors if group else neuron.on_error)(sample, sender, data)
                     else:
-                        neuron.on_activity(kind, sample, sender, data)
+                        (neuron.on_activities if group else neuron.on_activity)(kind, sample, sender, data)
         return frames(self.inboxes[COORDINATOR])
 
-    def train_batch(self, sample: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """One batch (rows are samples) forward and back; the outputs, one row per sample."""
+    def train_batch(self, sample: int | list[int], x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """One batch (rows are samples) forward and back; the outputs, one row per sample. With a
+        list of sample ids, the rows travel as a group of that many one-row batches instead."""
         for i, link in enumerate(self.inputs):
             link.send(wire.encode(wire.FORWARD, sample, 0, wire.payload(x[:, i])))
         outputs = np.empty((len(self.outputs), len(x)))
@@ -435,3 +437,73 @@ def test_a_neuron_fires_through_the_activation_its_spec_names(ctx, name):
         neuron.on_activity(wire.FORWARD, 0, i, batch(-0.4 + 0.5 * i))
     (message,) = frames(downs[0])
     assert wire.values(message[3])[0] == pytest.approx(ACTIVATIONS[name].f(0.3 + spec.bias), abs=1e-15)
+
+
+def test_a_group_of_samples_in_flight_learns_what_a_mini_batch_learns_at_that_many_times_the_rate(ctx):
+    """A group fires as one, with the same weights for all its samples, then each sample's error
+    moves the weights in turn: the sum of their gradients, which is a mini-batch of the group's
+    size at that many times the rate."""
+    config = tiny_config(learning_rate=0.3)
+    network = InprocNetwork(ctx, config)
+    group = 4
+    reference = Reference(parameters.initial(config), config.training.loss, 0.3 * group)
+    rng = np.random.default_rng(7)
+    x, y = rng.uniform(-1, 1, size=(12, 2)), np.eye(2)[rng.integers(0, 2, size=12)]
+    for start in range(0, len(x), group):
+        rows = slice(start, start + group)
+        got = network.train_batch(list(range(start, start + group)), x[rows], y[rows])
+        _, want = reference.train_batch(x[rows], y[rows])
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    assert_same_parameters(network.parameters(), reference.p, atol=1e-12)
+    assert all(n.updates == len(x) for n in network.neurons.values())
+    assert all(n.fired == {} for n in network.neurons.values())
+
+
+def test_a_group_sends_one_frame_per_synapse_with_what_each_sample_alone_would_send(ctx):
+    """Two samples as a group and the same two one by one (both forward, then both back): the very
+    same values on every synapse, the same weights and bias after, in a frame per synapse each way."""
+    spec = spec_of(tiny_config(learning_rate=0.5), "hidden.1")
+    grouped, single = Neuron(spec, QUIET), Neuron(dataclasses.replace(spec, id="twin.1"), QUIET)
+    (g_downs, g_ups), (s_downs, s_ups) = wire_up(ctx, grouped), wire_up(ctx, single)
+    inputs, errors = np.array([[0.3, -0.6], [0.1, 0.9]]), np.array([[0.5, -0.25], [0.125, 0.75]])
+    for synapse in (1, 0):
+        grouped.on_activities(wire.FORWARD, [5, 6], synapse, wire.payload(inputs[synapse]))
+        for i, sample in enumerate((5, 6)):
+            single.on_activity(wire.FORWARD, sample, synapse, batch(inputs[synapse, i]))
+    assert grouped.sent == len(g_downs) and single.sent == 2 * len(s_downs)
+    _same_traffic(g_downs, s_downs, wire.FORWARD)
+    assert grouped.on_errors([5, 6], 1, wire.payload(errors[1])) == 0
+    assert grouped.on_errors([5, 6], 0, wire.payload(errors[0])) == 2
+    for synapse in (1, 0):
+        for i, sample in enumerate((5, 6)):
+            single.on_error(sample, synapse, batch(errors[synapse, i]))
+    _same_traffic(g_ups, s_ups, wire.BACKWARD)
+    np.testing.assert_array_equal(grouped.axon.weights, single.axon.weights)
+    assert float(grouped.bias) == float(single.bias) and grouped.updates == single.updates == 2
+    assert grouped.fired == single.fired == {}
+
+
+def _same_traffic(grouped: list[zmq.Socket], single: list[zmq.Socket], kind: int) -> None:
+    for g_pull, s_pull in zip(grouped, single):
+        (group,) = frames(g_pull)
+        assert type(group) is (wire.Errors if kind == wire.BACKWARD else wire.Activities)
+        assert group.samples == [5, 6]
+        assert [wire.encode(*one) for one in wire.singles(group)] == [wire.encode(*m) for m in frames(s_pull)]
+
+
+def test_a_group_refuses_samples_it_cannot_take_and_forgets_as_one(hidden):
+    neuron, _, _ = hidden
+    neuron.on_activities(wire.FORWARD, [1, 2], 0, batch(0.1, 0.2))
+    with pytest.raises(Unexpected, match="24 bytes where this sample's batches are 16"):
+        neuron.on_activities(wire.FORWARD, [1, 2], 1, batch(0.1, 0.2, 0.3))
+    with pytest.raises(Unexpected, match="error for sample 1, which this neuron has not fired"):
+        neuron.on_errors([1, 2], 0, batch(0.1, 0.2))
+    neuron.forget(2)
+    assert len(neuron.dendrites.incoming) == 0, "the group's gathering goes with any of its samples"
+    with pytest.raises(Unexpected, match="sample 2 was dropped"):
+        neuron.on_activities(wire.FORWARD, [1, 2], 1, batch(0.1, 0.2))
+    neuron.on_activities(wire.FORWARD, [3, 4], 0, batch(0.1, 0.2))
+    neuron.on_activities(wire.FORWARD, [3, 4], 1, batch(0.1, 0.2))
+    with pytest.raises(Unexpected, match="sample 4 already fired"):
+        neuron.on_activities(wire.FORWARD, [4, 5], 0, batch(0.1, 0.2))
+    assert set(neuron.fired) == {3, 4} and neuron.updates == 0

@@ -149,3 +149,67 @@ def test_a_context_holds_more_sockets_than_libzmqs_default_1023():
         for sock in sockets:
             sock.close(linger=0)
         ctx.term()
+
+
+# -- group frames: every value ready for one link at once ---------------------------------------------
+
+GROUPS = [
+    (wire.Activities, (wire.FORWARD, [4, 5, 6], 3, wire.payload(np.array([0.25, -1.0, 2.0])))),
+    (wire.Activities, (wire.INFER, [9, 10], 0, wire.payload(np.arange(8.0)))),  # two batches of 4
+    (wire.Errors, (wire.BACKWARD, [4, 5], 1, wire.payload(np.array([1e-12, -3.0])))),
+]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("record", "fields"), GROUPS, ids=["forward", "infer", "backward"])
+def test_a_group_frame_round_trips_into_its_record_and_splits_into_its_samples(record, fields):
+    kind, samples, sender, data = fields
+    frame = wire.encode(*fields)
+    message = wire.decode(frame)
+    assert type(message) is record and message == record(*fields)
+    assert wire.encode(*message) == frame
+    values = wire.values(data).reshape(len(samples), -1)
+    parts = wire.parts(message)
+    assert [sample for sample, _ in parts] == samples
+    for (_, part), expected in zip(parts, values):
+        assert np.array_equal(wire.values(part), expected)
+    singles = wire.singles(message)
+    assert [wire.encode(*one) for one in singles] == [
+        wire.encode(kind, s, sender, wire.payload(v)) for s, v in zip(samples, values)
+    ], "a group carries exactly what single-sample frames of its samples would"
+
+
+@pytest.mark.unit
+def test_a_single_sample_frame_is_one_part():
+    message = wire.decode(wire.encode(wire.FORWARD, 17, 3, wire.payload(np.array([0.25, 0.5]))))
+    assert wire.parts(message) == [(17, message.payload)] and wire.singles(message) == [message]
+
+
+GROUP_BAD = {
+    "no samples": (msgpack.packb([wire.FORWARD, [], 0, b"\x00" * 8]), "non-empty list of int"),
+    "a sample not int": (msgpack.packb([wire.FORWARD, [1, "2"], 0, b"\x00" * 16]), "non-empty list of int"),
+    "a bool sample": (msgpack.packb([wire.BACKWARD, [1, True], 0, b"\x00" * 16]), "non-empty list of int"),
+    "a sample twice": (msgpack.packb([wire.FORWARD, [3, 3], 0, b"\x00" * 16]), "names a sample twice"),
+    "sender not int": (msgpack.packb([wire.INFER, [1, 2], "0", b"\x00" * 16]), "sender should be int"),
+    "uneven payload": (msgpack.packb([wire.FORWARD, [1, 2], 0, b"\x00" * 24]), "2 equal batches"),
+    "payload a float": (msgpack.packb([wire.BACKWARD, [1], 0, 0.5]), "1 equal batches"),
+    "a control kind": (msgpack.packb([wire.DROP, [1, 2]]), "DROP field sample should be int"),
+}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("frame", "why"), GROUP_BAD.values(), ids=GROUP_BAD.keys())
+def test_a_malformed_group_frame_is_a_wire_error_that_says_what_is_wrong(frame, why):
+    with pytest.raises(wire.WireError) as raised:
+        wire.decode(frame)
+    assert why in str(raised.value)
+
+
+@pytest.mark.unit
+def test_describe_shows_a_group_and_the_log_reads_it_sample_by_sample():
+    message = wire.decode(wire.encode(wire.BACKWARD, [17, 18], 3, wire.payload(np.array([0.25, 0.5]))))
+    assert wire.describe(message) == "BACKWARD samples=[17, 18] sender=3 values=[0.25 0.5](2)"
+    assert [wire.describe(one) for one in wire.singles(message)] == [
+        "BACKWARD sample=17 sender=3 value=0.25",
+        "BACKWARD sample=18 sender=3 value=0.5",
+    ]

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from exmachina.bench.profiles import FULL, QUICK, SEMEION
 from exmachina.bench.render import failures, render
-from exmachina.bench.suite import run_bench
+from exmachina.bench.suite import SECTIONS, run_bench
 
 DEFAULT_OUT = Path("bench") / "results.json"
 SERVE_OUT = Path("bench") / "serve.json"
@@ -41,6 +41,14 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _sections(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(","))
+    unknown = [name for name in names if name not in SECTIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"no section {', '.join(unknown)}; there are {', '.join(SECTIONS)}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m exmachina.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a look in under a minute")
@@ -51,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         type=_sizes,
         help="network sizes of the start-up rows, e.g. 100,1000,10000 on the 16-core machine "
         "(default: the profile's)",
+    )
+    parser.add_argument(
+        "--only",
+        type=_sections,
+        default=SECTIONS,
+        help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default: all)",
     )
     parser.add_argument(
         "--serve",
@@ -68,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         profile = replace(profile, startup_sizes=args.startup)
     signal.signal(signal.SIGTERM, _terminated)  # unwind, so that the row in progress stops its tree
     console = _console()
-    results = run_bench(profile, args.out, args.semeion, say=lambda text: console.print(text, style="dim"))
+    say = lambda text: console.print(text, style="dim")  # noqa: E731
+    results = run_bench(profile, args.out, args.semeion, say=say, only=args.only)
     render(results, console)
     console.print(f"results: {args.out}")
     return 1 if failures(results) or results["socket_files_left"] else 0

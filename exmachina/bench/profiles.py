@@ -29,6 +29,8 @@ class Profile:
     log_samples: int = 0  # XOR at log levels off, info and debug; 0 skips
     full_batch_epochs: int = 0  # the full-batch mode: epochs over every Semeion row, an update each
     bare_samples: int = 20  # the bare networks of the training shapes (256-8-10 only with semeion)
+    accuracy_epochs: int = 0  # held-out accuracy after this many epochs, online and pipelined; 0 skips
+    accuracy_k: int = 32  # the pipelined one: this many samples in flight
     accuracy_configs: tuple[str, ...] = ()  # shipped configs timed to held-out accuracy; () skips
     accuracy_timeout_s: float = 1800.0  # per process-network run of those
 
@@ -68,12 +70,13 @@ FULL = Profile(
     batch_samples=640,
     full_batch_epochs=12,
     pipelined_samples=150,
-    k_sweep=(1, 2, 4, 8),
+    k_sweep=(1, 2, 4, 8, 32),
     startup_sizes=(100, 500, 1000),
     core_samples_xor=1_500,
     core_samples_semeion=80,
     reference_min_s=1.0,
     log_samples=2_000,
     bare_samples=150,
+    accuracy_epochs=3,
     accuracy_configs=("semeion-original.yaml", "semeion.yaml"),
 )

@@ -29,17 +29,23 @@ def _rate(value: float | None) -> str:
 def render(results: dict, console: Console) -> None:
     """The results as tables, figures rounded for reading (results.json keeps them whole)."""
     console.print(_headline(results))
-    for line in _transport_lines(results.get("transport", {})):
-        console.print(line)
-    console.print(_training_table(results.get("training", [])))
+    if "transport" in results:  # a section `--only` left out has no table
+        for line in _transport_lines(results["transport"]):
+            console.print(line)
+    if "training" in results:
+        console.print(_training_table(results["training"]))
     if results.get("pipelining"):
         console.print(_pipelining_table(results["pipelining"]))
+    if results.get("pipelined_accuracy"):
+        console.print(_accuracy_line(results["pipelined_accuracy"]))
     if results.get("logging"):
         console.print(_logging_table(results["logging"]))
     if results.get("accuracy"):
         console.print(_accuracy_table(results["accuracy"]))
-    console.print(_startup_table(results.get("startup", [])))
-    console.print(_cores_table(results.get("cores", [])))
+    if "startup" in results:
+        console.print(_startup_table(results["startup"]))
+    if "cores" in results:
+        console.print(_cores_table(results["cores"]))
     failed = failures(results)
     if failed:
         console.print(f"[red]{len(failed)} row(s) failed:[/] " + "; ".join(failed))
@@ -145,6 +151,21 @@ def _pipelining_table(rows: list[dict]) -> Table:
     return table
 
 
+def _accuracy_line(accuracy: dict) -> str:
+    """Held-out accuracy after the same epochs, online (the reference) and K in flight."""
+    row, online = accuracy["pipelined"], accuracy["online_reference"]
+    k, epochs = accuracy["k"], accuracy["epochs"]
+    if row["status"] != "ok" or row.get("holdout_accuracy") is None:
+        pipelined = FAILED
+    else:
+        held, gap = 100 * row["holdout_accuracy"], 100 * (row["holdout_accuracy"] - online)
+        pipelined = f"{held:.1f}% ({gap:+.1f} points, {_rate(row['samples_per_s'])} samples/s)"
+    return (
+        f"held-out accuracy after {epochs} epochs, 256-8-10 online lr 2: online (reference, equal to "
+        f"the exact network) {100 * online:.1f}%;  K={k} in flight (process network) {pipelined}"
+    )
+
+
 def _logging_table(rows: list[dict]) -> Table:
     table = _table("log levels, xor 2-2-1 online", "level", "samples/s", "vs off", "CPU µs/msg")
     base = rows[0] if rows[0]["status"] == "ok" else None
@@ -229,6 +250,7 @@ def failures(results: dict) -> list[str]:
         *transport.get("bare", []),
         *results.get("training", []),
         *results.get("pipelining", []),
+        *([results["pipelined_accuracy"]["pipelined"]] if results.get("pipelined_accuracy") else []),
         *results.get("accuracy", []),
         *results.get("startup", []),
         *(pair[f"cores_{n}"] for pair in results.get("cores", []) for n in pair["counts"]),

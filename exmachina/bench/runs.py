@@ -152,6 +152,7 @@ def _rates(row: dict, summary: dict, metrics: list[dict]) -> dict:
         "train_time_s": summary["train_time_s"],
         "wall_time_s": summary["wall_time_s"],
         "peak_pss_mb": summary.get("peak_pss_mb"),
+        "holdout_accuracy": summary.get("holdout_accuracy"),
         "messages_per_batch": per_batch,
         "messages_per_sample": per_sample,
         "synapse_messages_per_s": summary["samples_per_s"] * per_sample,

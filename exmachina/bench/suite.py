@@ -20,7 +20,7 @@ from exmachina.bench.baselines import bare_network, ipc_latency, transport_ceili
 from exmachina.bench.machine import machine_info
 from exmachina.bench.profiles import MODES, SEMEION, SEMEION_ROWS, Profile
 from exmachina.bench.runs import startup_probe, train_network
-from exmachina.bench.tasks import reference_rate, semeion_config, xor_config
+from exmachina.bench.tasks import reference_holdout, reference_rate, semeion_config, xor_config
 
 NOTES = [
     "The cores rows pin the same run to 1, 2, 4 ... of this machine's usable cores: 1 and 2 on the "
@@ -138,10 +138,26 @@ class Bench:
             if k in self.online_by_k:
                 sweep.append({**self.online_by_k[k], "k": k, "reused": True})
                 continue
-            config = semeion_config(p.pipelined_samples, semeion, 1, k)
-            row = self.network(f"256-8-10 K={k}", config, 90 + p.pipelined_samples / 2, reference=False)
+            samples = max(p.pipelined_samples, 10 * k)  # enough groups of K for the CPU window
+            config = semeion_config(samples, semeion, 1, k)
+            row = self.network(f"256-8-10 K={k}", config, 90 + samples / 2, reference=False)
             sweep.append({**row, "k": k})
         return sweep
+
+    def pipelined_accuracy(self, semeion: Path) -> dict:
+        """Held-out accuracy (20% of the rows) after `accuracy_epochs` epochs: online from the
+        reference, which the exact online network equals, and K in flight from the process network."""
+        p = self.profile
+        online = semeion_config(None, semeion, 1, 1, p.accuracy_epochs, holdout=0.2)
+        config = semeion_config(None, semeion, 1, p.accuracy_k, p.accuracy_epochs, holdout=0.2)
+        name = f"256-8-10 K={p.accuracy_k}, {p.accuracy_epochs} epochs"
+        row = self.network(name, config, 300 + 60 * p.accuracy_epochs, reference=False)
+        return {
+            "epochs": p.accuracy_epochs,
+            "k": p.accuracy_k,
+            "online_reference": reference_holdout(online),
+            "pipelined": row,
+        }
 
     def logging(self, rounds: int = 3) -> list[dict]:
         """What a log level costs: the same XOR run with logging off, at info and at debug, taken in
@@ -223,10 +239,18 @@ def core_counts(usable: int) -> list[int]:
     return [*counts, usable] if usable > 1 else counts
 
 
+SECTIONS = ("transport", "training", "pipelining", "logging", "accuracy", "startup", "cores")
+
+
 def run_bench(
-    profile: Profile, out: Path, semeion: Path = SEMEION, say: Callable[[str], None] = print
+    profile: Profile,
+    out: Path,
+    semeion: Path = SEMEION,
+    say: Callable[[str], None] = print,
+    only: tuple[str, ...] = SECTIONS,
 ) -> dict:
-    """Every row of `profile`, then results.json at `out`; returns the results."""
+    """Every row of `profile` in the sections `only` names, then results.json at `out`; returns the
+    results."""
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="exm-bench-"))
     sockets = Path(tempfile.mkdtemp(prefix="exb-", dir=os.environ.get("EXMACHINA_SOCKET_DIR") or None))
@@ -238,24 +262,7 @@ def run_bench(
     }
     bench = Bench(profile, workdir, sockets, say)
     try:
-        say("transport")
-        results["transport"] = bench.transport()
-        say("training")
-        ceiling = results["transport"]["ceiling"].get("messages_per_s")
-        results["training"] = bench.training(semeion, ceiling, results["transport"]["bare"])
-        if profile.k_sweep and profile.semeion_samples:
-            say("pipelining")
-            results["pipelining"] = bench.pipelining(semeion)
-        if profile.log_samples:
-            say("log levels")
-            results["logging"] = bench.logging()
-        if profile.accuracy_configs:
-            say("time to accuracy")
-            results["accuracy"] = bench.accuracy(semeion)
-        say("start-up")
-        results["startup"] = bench.startup()
-        say("cores")
-        results["cores"] = bench.cores(semeion)
+        _sections(bench, results, semeion, only)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         stale = [str(path) for path in sockets.rglob("*") if path.is_socket()]
@@ -266,3 +273,33 @@ def run_bench(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
     return results
+
+
+def _sections(bench: Bench, results: dict, semeion: Path, only: tuple[str, ...]) -> None:
+    """The sections `only` names, in order, into `results`."""
+    profile, say = bench.profile, bench.say
+    if "transport" in only:
+        say("transport")
+        results["transport"] = bench.transport()
+    if "training" in only:
+        say("training")
+        transport = results.get("transport", {})
+        ceiling = transport.get("ceiling", {}).get("messages_per_s")
+        results["training"] = bench.training(semeion, ceiling, transport.get("bare", []))
+    if "pipelining" in only and profile.k_sweep and profile.semeion_samples:
+        say("pipelining")
+        results["pipelining"] = bench.pipelining(semeion)
+        if profile.accuracy_epochs:
+            results["pipelined_accuracy"] = bench.pipelined_accuracy(semeion)
+    if "logging" in only and profile.log_samples:
+        say("log levels")
+        results["logging"] = bench.logging()
+    if "accuracy" in only and profile.accuracy_configs:
+        say("time to accuracy")
+        results["accuracy"] = bench.accuracy(semeion)
+    if "startup" in only:
+        say("start-up")
+        results["startup"] = bench.startup()
+    if "cores" in only:
+        say("cores")
+        results["cores"] = bench.cores(semeion)

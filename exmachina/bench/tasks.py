@@ -40,9 +40,15 @@ def xor_config(samples: int, hidden: int = 2, log_level: str = "off") -> dict:
 
 
 def semeion_config(
-    samples: int, data: Path, batch_size: int = 1, max_in_flight: int = 1, epochs: int = 1
+    samples: int | None,
+    data: Path,
+    batch_size: int = 1,
+    max_in_flight: int = 1,
+    epochs: int = 1,
+    holdout: float = 0.0,
 ) -> dict:
-    """The original job (configs/semeion-original.yaml), on `samples` seeded random rows."""
+    """The original job (configs/semeion-original.yaml), on `samples` seeded random rows (None:
+    every row), `holdout` of them held out."""
     return {
         "name": "bench_semeion",
         "seed": 1,
@@ -68,9 +74,25 @@ def semeion_config(
             "batch_size": batch_size,
             "max_in_flight": max_in_flight,
         },
-        "data": {"source": "semeion", "path": str(Path(data).resolve()), "holdout": 0, "limit": samples},
+        "data": {
+            "source": "semeion",
+            "path": str(Path(data).resolve()),
+            "holdout": holdout,
+            "limit": samples,
+        },
         "runtime": {"log_level": "off"},
     }
+
+
+def reference_holdout(config: dict) -> float:
+    """Held-out accuracy of the dense reference after the config's epochs: what the exact online
+    process network reaches too (the equivalence tests hold them equal to 1e-9)."""
+    c = config_from_dict(config)
+    train, holdout = datasets.split(datasets.load(c), c.data.holdout, c.seed)
+    model = Reference(parameters.initial(c), c.training.loss, c.training.learning_rate)
+    for epoch in range(c.training.epochs):
+        model.train_epoch(train, epoch, c.seed, c.training.shuffle, c.training.batch_size)
+    return model.evaluate(holdout)[1]
 
 
 def reference_rate(config: dict, min_samples: int, min_seconds: float) -> dict:

@@ -47,7 +47,7 @@ MAX_REPLAYS = 3  # a sample that stalls this many times running ends the run
 EVAL_BATCH = 64  # rows per message when only evaluating
 NO_SPACE_EXIT = 4  # the coordinator's exit code when the disk is full, as summary.json may not be written
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-SYNAPSE = (wire.Activity, wire.Error)
+SYNAPSE = wire.SYNAPSE_RECORDS
 
 
 class Stalled(RuntimeError):
@@ -96,10 +96,10 @@ class Flight:
     errors_sent: bool = False
     back: set = field(default_factory=set)  # input neurons whose error came back
 
-    def take(self, message: wire.Activity | wire.Error, outputs: int, inputs: int) -> bool:
-        """Take one synapse message addressed to this batch; False if it is not one of ours."""
+    def take(self, message: wire.Synapse, data: bytes, outputs: int, inputs: int) -> bool:
+        """Take this batch's part (`data`) of a synapse message; False if it is not one of ours."""
         sender = message.sender
-        if type(message) is wire.Error:
+        if message.kind == wire.BACKWARD:
             if self.errors_sent and 0 <= sender < inputs and sender not in self.back:
                 self.back.add(sender)
                 return True
@@ -108,7 +108,7 @@ class Flight:
             return False
         if sender in self.seen:
             return False
-        values = wire.values(message.payload)
+        values = wire.values(data)
         if len(values) != len(self.rows):
             return False
         if self.outputs is None:
@@ -251,7 +251,7 @@ class Coordinator:
             if now >= self.stats_due:
                 self.stats_due = now + self.site.stats_interval
                 self.write_stats()
-        elif isinstance(message, SYNAPSE) and message.sample in self.abandoned:
+        elif isinstance(message, SYNAPSE) and any(s in self.abandoned for s, _ in wire.parts(message)):
             pass  # a straggler of a dropped sample
         else:
             self.log.warning("unexpected %s", wire.describe(message))
@@ -391,15 +391,29 @@ class Coordinator:
 
     # -- samples --------------------------------------------------------------------------------
 
-    def _launch(self, flight: Flight) -> int:
-        """Send a batch's inputs to the sensors under a fresh sample id."""
-        self.sample += 1
-        debug = self.log.isEnabledFor(DEBUG)
-        for nid, column in zip(self.inputs, flight.x.T):
-            if debug:
-                self._debug_hop("send", flight.kind, self.sample, f"to={nid}", column)
-            self.sensors[nid].send(wire.encode(flight.kind, self.sample, 0, wire.payload(column)))
-        return self.sample
+    def _launch(self, flights: list[Flight]) -> list[int]:
+        """Send batches' inputs to the sensors under fresh sample ids: batches of one size as one group,
+        a frame per sensor (one batch: the single-sample frame)."""
+        ids: list[int] = []
+        for _, group in itertools.groupby(flights, key=lambda flight: len(flight.rows)):
+            group = list(group)
+            samples = list(range(self.sample + 1, self.sample + 1 + len(group)))
+            self.sample += len(group)
+            field = samples[0] if len(samples) == 1 else samples
+            x = np.concatenate([flight.x for flight in group]) if len(group) > 1 else group[0].x
+            debug = self.log.isEnabledFor(DEBUG)
+            for nid, column in zip(self.inputs, x.T):
+                if debug:
+                    self._debug_group("send", group[0].kind, samples, f"to={nid}", column)
+                self.sensors[nid].send(wire.encode(group[0].kind, field, 0, wire.payload(column)))
+            ids.extend(samples)
+        return ids
+
+    def _debug_group(self, verb: str, kind: int, samples: list[int], peer: str, batch: np.ndarray) -> None:
+        """A frame for a group as one line per sample, as the neurons log it."""
+        size = len(batch) // len(samples)
+        for i, sample in enumerate(samples):
+            self._debug_hop(verb, kind, sample, peer, batch[i * size : (i + 1) * size])
 
     def _debug_hop(self, verb: str, kind: int, sample: int, peer: str, value: np.ndarray | bytes) -> None:
         """The coordinator's end of a synapse, in the neurons' words, so `exmachina trace` sees it."""
@@ -408,16 +422,18 @@ class Coordinator:
     def stream(self, batches: Iterable[Flight], in_flight: int) -> Iterator[Flight]:
         """Keep up to `in_flight` batches in the network; yield each as it completes: a forward-only
         batch when its outputs are in, a learning one when every input neuron has sent its error back
-        (every weight has moved). After a restart or a stall, the batches in flight are dropped
-        everywhere and sent again under new ids."""
+        (every weight has moved). Batches launched together travel as a group, a frame per link, and
+        complete together: the next group starts with the same weights in every neuron, so a run is
+        the same for a seed whatever the timing. After a restart or a stall, the batches in flight are
+        dropped everywhere and sent again under new ids."""
         waiting = iter(batches)
         flights: dict[int, Flight] = {}
         stalls = 0
         timeout = self.config.training.stall_timeout
         deadline = time.monotonic() + timeout
         while True:
-            for flight in itertools.islice(waiting, in_flight - len(flights)):
-                flights[self._launch(flight)] = flight
+            fresh = list(itertools.islice(waiting, in_flight - len(flights)))
+            flights.update(zip(self._launch(fresh), fresh))
             if not flights:
                 return
             try:
@@ -432,38 +448,54 @@ class Coordinator:
                 flights = self._replay(flights)
                 deadline = time.monotonic() + timeout
                 continue
-            flight = self._take(flights, message)
-            if flight is None:
-                continue
-            deadline = time.monotonic() + timeout
-            if flight.done(len(self.inputs)):
-                del flights[message.sample]
-                yield flight
+            moved = self._take(flights, message)
+            if moved:
+                deadline = time.monotonic() + timeout
+            for sample in moved:
+                if flights[sample].done(len(self.inputs)):
+                    yield flights.pop(sample)
 
     def _replay(self, flights: dict[int, Flight]) -> dict[int, Flight]:
         """Drop the batches in flight everywhere (wiring restarted neurons back in), send them again."""
         self.recover(list(flights))
         fresh = [flight.restart() for flight in flights.values()]
-        return {self._launch(flight): flight for flight in fresh}
+        return dict(zip(self._launch(fresh), fresh))
 
-    def _take(self, flights: dict[int, Flight], message: wire.Message) -> Flight | None:
-        """The flight a message moved on (its output errors sent once its outputs are in), else None:
-        the message was not for any, and is put aside."""
-        flight = flights.get(message.sample) if isinstance(message, SYNAPSE) else None
-        if flight is None or not flight.take(message, len(self.outputs), len(self.inputs)):
+    def _take(self, flights: dict[int, Flight], message: wire.Message) -> list[int]:
+        """The samples in flight a message moved on, in its order (the output errors of those whose
+        outputs are now all in are sent, a frame per output neuron); none, and the message is put
+        aside, if it was not for any."""
+        moved: list[int] = []
+        if isinstance(message, SYNAPSE):
+            outputs, inputs = len(self.outputs), len(self.inputs)
+            for sample, data in wire.parts(message):
+                flight = flights.get(sample)
+                if flight is not None and flight.take(message, data, outputs, inputs):
+                    moved.append(sample)
+        if not moved:
             self._aside(message)
-            return None
+            return moved
+        if self.log.isEnabledFor(DEBUG):
+            for one in wire.singles(message):
+                self._debug_hop("recv", one.kind, one.sample, f"sender={one.sender}", one.payload)
+        answer = [s for s in moved if flights[s].kind == wire.FORWARD and flights[s].output is not None]
+        answer = [s for s in answer if not flights[s].errors_sent]
+        if answer:
+            self._send_errors([(s, flights[s]) for s in answer])
+        return moved
+
+    def _send_errors(self, ready: list[tuple[int, Flight]]) -> None:
+        """The output errors of batches whose outputs are all in: one frame per output neuron."""
+        samples = [sample for sample, _ in ready]
+        gradient = np.concatenate([self.loss.grad(f.output, f.y.T) for _, f in ready], axis=1)
+        field = samples[0] if len(samples) == 1 else samples
         debug = self.log.isEnabledFor(DEBUG)
-        if debug:
-            self._debug_hop("recv", message.kind, message.sample, f"sender={message.sender}", message.payload)
-        if flight.kind == wire.FORWARD and flight.output is not None and flight.errors_sent is False:
-            gradient = self.loss.grad(flight.output, flight.y.T)
-            for nid, row in zip(self.outputs, gradient):
-                if debug:
-                    self._debug_hop("send", wire.BACKWARD, message.sample, f"to={nid}", row)
-                self.error_links[nid].send(wire.encode(wire.BACKWARD, message.sample, 0, wire.payload(row)))
+        for nid, row in zip(self.outputs, gradient):
+            if debug:
+                self._debug_group("send", wire.BACKWARD, samples, f"to={nid}", row)
+            self.error_links[nid].send(wire.encode(wire.BACKWARD, field, 0, wire.payload(row)))
+        for _, flight in ready:
             flight.errors_sent = True
-        return flight
 
     def evaluate(self, data: Dataset) -> tuple[float, float, np.ndarray]:
         """(mean loss, accuracy, outputs) of a forward-only pass: nothing learns, so rows travel

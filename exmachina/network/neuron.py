@@ -85,26 +85,33 @@ class Gathering:
 
 
 class Pending(dict):
-    """Gatherings by sample id, bounded by MAX_PENDING (oldest forgotten first)."""
+    """Gatherings by key, bounded by MAX_PENDING (oldest forgotten first). The key is the sample id,
+    or the tuple of ids of a group that travels in one frame per synapse."""
 
     def __init__(self, synapses: int, log: Log, what: str) -> None:
         super().__init__()
         self.synapses, self.log, self.what = synapses, log, what
 
-    def put(self, sample: int, synapse: int, data: bytes) -> np.ndarray | None:
-        """The sample's (synapses, batch) array once this was its last synapse, else None."""
+    def put(self, sample: int | tuple[int, ...], synapse: int, data: bytes) -> np.ndarray | None:
+        """The (synapses, batch) array once this was its last synapse, else None; a group's batches
+        lie side by side on the second axis."""
         gathering = self.get(sample)
         if gathering is None:
             if len(self) >= MAX_PENDING:
                 oldest = next(iter(self))
                 del self[oldest]
-                self.log.warning("forgot half-gathered %s of sample %d (too many pending)", self.what, oldest)
+                self.log.warning("forgot half-gathered %s of sample %s (too many pending)", self.what, oldest)
             wire.batch_size(data)  # raises for a payload that is not whole float64s
             gathering = self[sample] = Gathering(self.synapses, len(data))
         if gathering.put(synapse, data):
             del self[sample]
             return gathering.values()
         return None
+
+    def forget(self, sample: int) -> None:
+        """Drop the gathering of a sample, alone or in a group."""
+        for key in [k for k in self if k == sample or (type(k) is tuple and sample in k)]:
+            del self[key]
 
 
 class Dendrites:
@@ -116,11 +123,13 @@ class Dendrites:
         self.incoming = Pending(len(peers), log, "activities")
         self.links: list[zmq.Socket] = []  # one PUSH back to each upstream peer, in synapse order
 
-    def send_back(self, sample: int, delta: np.ndarray, me: int) -> int:
+    def send_back(self, sample: int | tuple[int, ...], delta: np.ndarray, me: int) -> int:
+        """The error to every input synapse: one frame each, for one sample or a whole group."""
         if self.debug:  # logged before sending, so a send precedes its recv
             for peer in self.peers:
-                self.log.debug("send BACKWARD sample=%d to=%s value=%s", sample, peer, wire.show(delta))
-        frame = wire.encode(wire.BACKWARD, sample, me, wire.payload(delta))
+                for one, part in _per_sample(sample, delta):
+                    self.log.debug("send BACKWARD sample=%d to=%s value=%s", one, peer, wire.show(part))
+        frame = wire.encode(wire.BACKWARD, _field(sample), me, wire.payload(delta))
         for link in self.links:
             link.send(frame)
         return len(self.links)
@@ -139,15 +148,18 @@ class Axon:
         self.errors = Pending(len(weights), log, "errors")
         self.links: list[zmq.Socket] = []  # one PUSH to each downstream peer, in synapse order
 
-    def transmit(self, kind: int, sample: int, activity: np.ndarray, me: int) -> int:
+    def transmit(self, kind: int, sample: int | tuple[int, ...], activity: np.ndarray, me: int) -> int:
+        """The weighted activity to every output synapse: one frame each, for one sample or a group."""
         weighted = np.multiply.outer(self.weights, activity)  # one batch per outgoing synapse
         if self.debug:
+            name = wire.NAMES[kind]
             for peer, value in zip(self.peers, weighted):
-                name = wire.NAMES[kind]
-                self.log.debug("send %s sample=%d to=%s value=%s", name, sample, peer, wire.show(value))
+                for one, part in _per_sample(sample, value):
+                    self.log.debug("send %s sample=%d to=%s value=%s", name, one, peer, wire.show(part))
         data, size = wire.payload(weighted), 8 * weighted.shape[1]  # one buffer, sliced per synapse
+        field = _field(sample)
         for i, link in enumerate(self.links):
-            link.send(wire.encode(kind, sample, me, data[i * size : (i + 1) * size]))
+            link.send(wire.encode(kind, field, me, data[i * size : (i + 1) * size]))
         return len(self.links)
 
     def learn(self, gradient: np.ndarray, rate: float, step: int) -> None:
@@ -177,31 +189,65 @@ class Neuron:
 
     def on_activity(self, kind: int, sample: int, synapse: int, data: bytes) -> None:
         """An activity (a batch of float64, as the wire carries it) from one input synapse."""
-        if kind == wire.FORWARD and sample in self.fired:
-            raise Unexpected(f"sample {sample} already fired")
-        if sample in self.dropped:
-            raise Unexpected(f"sample {sample} was dropped")
-        inputs = self.dendrites.incoming.put(sample, synapse, data)  # 1. wait for every input synapse
+        self._on_activity(kind, sample, (sample,), synapse, data)
+
+    def on_activities(self, kind: int, samples: list[int], synapse: int, data: bytes) -> None:
+        """The activities of a group of samples from one input synapse, their batches back to back.
+        The group fires as one, and goes on as one frame per output synapse."""
+        self._on_activity(kind, tuple(samples), samples, synapse, data)
+
+    def _on_activity(
+        self, kind: int, key: int | tuple, samples: list | tuple, synapse: int, data: bytes
+    ) -> None:
+        for sample in samples:
+            if kind == wire.FORWARD and sample in self.fired:
+                raise Unexpected(f"sample {sample} already fired")
+            if sample in self.dropped:
+                raise Unexpected(f"sample {sample} was dropped")
+        inputs = self.dendrites.incoming.put(key, synapse, data)  # 1. wait for every input synapse
         if inputs is None:
             return
         net, activity = fire(inputs.sum(axis=0), self.bias, self.activation)  # 2. own activity
         if kind == wire.FORWARD:
-            if len(self.fired) >= MAX_PENDING:  # stray traffic must not grow memory without bound
-                self.forget(next(iter(self.fired)))
-            self.fired[sample] = (net, activity, self.axon.weights.copy())
-            self.activity_sum += _mean(activity)
-        self.sent += self.axon.transmit(kind, sample, activity, self.spec.index)  # 3-4. weight, send on
+            sent_with = self.axon.weights.copy()  # the weights this forward used, for its errors
+            size = len(net) // len(samples)
+            for i, sample in enumerate(samples):
+                if len(self.fired) >= MAX_PENDING:  # stray traffic must not grow memory without bound
+                    self.forget(next(iter(self.fired)))
+                part = slice(i * size, (i + 1) * size)
+                self.fired[sample] = (net[part], activity[part], sent_with)
+                self.activity_sum += _mean(activity[part])
+        self.sent += self.axon.transmit(kind, key, activity, self.spec.index)  # 3-4. weight, send on
 
     def on_error(self, sample: int, synapse: int, data: bytes) -> bool:
         """An error from one downstream synapse; True once this sample's update is done."""
-        if sample not in self.fired:
-            raise Unexpected(f"error for sample {sample}, which this neuron has not fired")
-        errors = self.axon.errors.put(sample, synapse, data)  # 5. wait for every downstream error
+        return self._on_error(sample, (sample,), synapse, data) == 1
+
+    def on_errors(self, samples: list[int], synapse: int, data: bytes) -> int:
+        """The errors of a group of samples from one downstream synapse; the updates done (the whole
+        group's, in its order, once every synapse has reported; else 0)."""
+        return self._on_error(tuple(samples), samples, synapse, data)
+
+    def _on_error(self, key: int | tuple, samples: list | tuple, synapse: int, data: bytes) -> int:
+        for sample in samples:
+            if sample not in self.fired:
+                raise Unexpected(f"error for sample {sample}, which this neuron has not fired")
+        errors = self.axon.errors.put(key, synapse, data)  # 5. wait for every downstream error
         if errors is None:
-            return False
-        net, activity, sent_with = self.fired.pop(sample)
-        delta = error(net, self.activation, sent_with, errors)  # 6. own error, with the weights it saw
-        self.sent += self.dendrites.send_back(sample, delta, self.spec.index)  # 7. back to the inputs
+            return 0
+        size = errors.shape[1] // len(samples)
+        parts = [errors[:, i * size : (i + 1) * size] for i in range(len(samples))]
+        fired = [self.fired.pop(sample) for sample in samples]
+        # 6. own error, with the weights each sample saw going forward (weight stashing)
+        deltas = [error(net, self.activation, sent_with, e) for (net, _, sent_with), e in zip(fired, parts)]
+        delta = deltas[0] if len(deltas) == 1 else np.concatenate(deltas)
+        self.sent += self.dendrites.send_back(key, delta, self.spec.index)  # 7. back to the inputs
+        for sample, (_, activity, _), e, d in zip(samples, fired, parts, deltas):
+            self._learn(sample, activity, e, d)
+        return len(samples)
+
+    def _learn(self, sample: int, activity: np.ndarray, errors: np.ndarray, delta: np.ndarray) -> None:
+        """One sample's update, as online: the group's samples each move the weights in turn."""
         gradient = axon_gradient(activity, errors)  # 8. gradient of each outgoing weight
         rate, step = rate_at(self.spec.schedule, self.spec.learning_rate, self.updates), self.updates + 1
         self.axon.learn(gradient, rate, step)  # 9. update the weights (and the bias)
@@ -218,13 +264,12 @@ class Neuron:
                 self.bias,
                 _fmt(self.axon.weights),
             )
-        return True
 
     def forget(self, sample: int) -> None:
         """Drop every trace of a sample that will never complete (it is being replayed)."""
         self.fired.pop(sample, None)
-        self.dendrites.incoming.pop(sample, None)
-        self.axon.errors.pop(sample, None)
+        self.dendrites.incoming.forget(sample)
+        self.axon.errors.forget(sample)
         self.dropped[sample] = None
         if len(self.dropped) > REMEMBER_DROPPED:
             del self.dropped[next(iter(self.dropped))]
@@ -255,6 +300,18 @@ def _mean(batch: np.ndarray, magnitude: bool = False) -> float:
         values = batch.tolist()
         return sum(map(abs, values) if magnitude else values) / len(values)
     return float(np.abs(batch).mean() if magnitude else batch.mean())
+
+
+def _field(sample: int | tuple[int, ...]) -> int | list[int]:
+    """The sample field of a synapse frame: the id, or the group's ids as a list."""
+    return list(sample) if type(sample) is tuple else sample
+
+
+def _per_sample(sample: int | tuple[int, ...], batch: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(sample, its part of the batch) for one sample or each of a group (for the debug log)."""
+    samples = sample if type(sample) is tuple else (sample,)
+    size = len(batch) // len(samples)
+    return [(one, batch[i * size : (i + 1) * size]) for i, one in enumerate(samples)]
 
 
 def _fmt(values: np.ndarray, limit: int = 8) -> str:
@@ -401,7 +458,7 @@ class NeuronProcess:
         try:
             message = wire.decode(frame)
             if self.neuron.debug:
-                self.log.debug("recv %s", wire.describe(message))
+                self._debug_recv(message)
             if type(message) is wire.Error:
                 updated = self.neuron.on_error(message.sample, message.sender, message.payload)
                 every = self.site.checkpoint_every
@@ -409,6 +466,10 @@ class NeuronProcess:
                     self._checkpoint()
             elif type(message) is wire.Activity:
                 self.neuron.on_activity(message.kind, message.sample, message.sender, message.payload)
+            elif type(message) is wire.Errors:
+                self._updated(self.neuron.on_errors(message.samples, message.sender, message.payload))
+            elif type(message) is wire.Activities:
+                self.neuron.on_activities(message.kind, message.samples, message.sender, message.payload)
             else:
                 return self._control(message)
         except (wire.WireError, Unexpected) as exc:
@@ -416,6 +477,21 @@ class NeuronProcess:
             self.last_problem = str(exc)
             self.log.warning("dropped message (%s): %r", exc, frame[:64])
         return True
+
+    def _debug_recv(self, message: wire.Message) -> None:
+        """A received message in the log: a group as one line per sample, as `exmachina trace` reads."""
+        if type(message) is wire.Activities or type(message) is wire.Errors:
+            for one in wire.singles(message):
+                self.log.debug("recv %s", wire.describe(one))
+        else:
+            self.log.debug("recv %s", wire.describe(message))
+
+    def _updated(self, count: int) -> None:
+        """After a group's `count` updates: a checkpoint if they passed a multiple of checkpoint_every
+        (saved at the count the weights stand at, as a restart takes up)."""
+        every, updates = self.site.checkpoint_every, self.neuron.updates
+        if count and every and updates // every > (updates - count) // every:
+            self._checkpoint()
 
     def _control(self, message: wire.Message) -> bool:
         """A message from the coordinator; False for STOP."""

@@ -9,6 +9,16 @@ The first element is always the kind. Synapse traffic, the hot path, is four sma
 `payload` is raw little-endian float64 bytes: one value per sample of the batch (one, online), read
 with numpy.frombuffer; a "sample" id names the whole batch.
 
+With several batches in flight, every value ready for the same link at once travels in one frame:
+the sample field is then a list of ids, and the payload their batches back to back, in that order
+(all of one size):
+
+    [FORWARD,  [sample, ...], sender, payload]    and the same for INFER and BACKWARD
+
+One frame costs one send, one wakeup and one decode whatever it carries, which is what the messages
+of a pipelined network cost. A receiver gathers such a group as one (its senders all send the same
+group, in the same order), so the math per sample is the same as for single frames.
+
 `sender` is the sender's index in its layer, which is the receiver's synapse number; the
 coordinator is sender 0 to the input and output layers. Control traffic names neurons by id:
 
@@ -24,7 +34,8 @@ in WIRE it is the count the network stands at, so the neuron knows how many upda
 answers both SNAPSHOT and CHECKPOINT (then `request` is the count written).
 
 `encode(kind, *fields)` writes any of them. `decode(frame)` reads one back as its record, a named
-tuple whose fields are the array's, kind first (`Activity`, `Error`, `Wiring`, ...): so
+tuple whose fields are the array's, kind first (`Activity`, `Error`, `Activities`, `Errors`,
+`Wiring`, ...): so
 `encode(*decode(frame))` gives the frame back, and a receiver reads `message.sample`, not
 `message[1]`. A frame that does not decode to one of these shapes raises `WireError`: the receiver
 drops it, counts it and logs it, and carries on.
@@ -79,6 +90,24 @@ class Error(NamedTuple):
 
     kind: int
     sample: int
+    sender: int
+    payload: bytes
+
+
+class Activities(NamedTuple):
+    """FORWARD or INFER for several samples at once: their batches back to back in `payload`."""
+
+    kind: int
+    samples: list
+    sender: int
+    payload: bytes
+
+
+class Errors(NamedTuple):
+    """BACKWARD for several samples at once: their batches back to back in `payload`."""
+
+    kind: int
+    samples: list
     sender: int
     payload: bytes
 
@@ -157,7 +186,8 @@ class Stats(NamedTuple):
     stats: dict
 
 
-Message = Activity | Error | Wiring | Snapshot | Drop | Stop | Checkpoint | Hello | Ready | State | Stats
+Synapse = Activity | Error | Activities | Errors
+Message = Synapse | Wiring | Snapshot | Drop | Stop | Checkpoint | Hello | Ready | State | Stats
 
 # Each kind's record and the exact Python type of each field after the kind (msgpack gives exact
 # int/float/str/bytes/list/dict, so `type(x) is t` also refuses a bool where an int belongs).
@@ -176,6 +206,8 @@ _RECORDS: dict[int, tuple[type, tuple[type, ...]]] = {
     STATS: (Stats, (str, dict)),
 }
 _SYNAPSE_RECORDS = {kind: record for kind, (record, _) in _RECORDS.items() if kind in SYNAPSE_KINDS}
+_GROUP_RECORDS = {FORWARD: Activities, INFER: Activities, BACKWARD: Errors}
+SYNAPSE_RECORDS = (Activity, Error, Activities, Errors)
 _new = tuple.__new__  # a record from the decoded list as it is: no per-field call
 
 
@@ -207,7 +239,38 @@ def decode(frame: bytes) -> Message:
         and (record := _SYNAPSE_RECORDS.get(message[0])) is not None
     ):
         return _new(record, message)
+    if (  # several samples' values for one link in one frame
+        type(message) is list
+        and len(message) == 4
+        and type(message[0]) is int
+        and type(message[1]) is list
+        and (record := _GROUP_RECORDS.get(message[0])) is not None
+    ):
+        return _new(_group_checked(record, message), message)
     return _new(_checked(message), message)
+
+
+def _group_checked(record: type, message: list) -> type:
+    """The record of a well-formed group frame; raises WireError naming what is wrong."""
+    name, (samples, sender, data) = NAMES[message[0]], message[1:]
+    if not samples or not all(type(s) is int for s in samples):
+        raise WireError(f"{name} field samples should be a non-empty list of int: {_short(samples)}")
+    if len(set(samples)) != len(samples):
+        raise WireError(f"{name} names a sample twice: {_short(samples)}")
+    if type(sender) is not int:
+        raise WireError(f"{name} field sender should be int: {_short(sender)}")
+    if type(data) is not bytes or not data or len(data) % (8 * len(samples)):
+        raise WireError(f"{name} payload is not {len(samples)} equal batches of float64")
+    return record
+
+
+def parts(message: Synapse) -> list[tuple[int, bytes]]:
+    """(sample, its batch's bytes) for each sample a synapse message carries, in wire order."""
+    if type(message) is Activity or type(message) is Error:
+        return [(message.sample, message.payload)]
+    data, samples = message.payload, message.samples
+    size = len(data) // len(samples)
+    return [(sample, data[i * size : (i + 1) * size]) for i, sample in enumerate(samples)]
 
 
 def _checked(message: Any) -> type:
@@ -244,9 +307,17 @@ def payload(batch: np.ndarray) -> bytes:
     return np.ascontiguousarray(batch, dtype="<f8").tobytes()
 
 
+def singles(message: Synapse) -> list[Activity | Error]:
+    """A synapse message as one single-sample record per sample it carries (for logs)."""
+    record = Error if message.kind == BACKWARD else Activity
+    return [record(message.kind, sample, message.sender, data) for sample, data in parts(message)]
+
+
 def describe(message: Message) -> str:
     """A short human form for logs: `FORWARD sample=17 sender=3 value=0.25`."""
     kind = message[0]
+    if kind in SYNAPSE_KINDS and type(message[1]) is list:
+        return f"{NAMES[kind]} samples={message[1]} sender={message[2]} values={show(message[3])}"
     if kind in SYNAPSE_KINDS:
         return f"{NAMES[kind]} sample={message[1]} sender={message[2]} value={show(message[3])}"
     return f"{NAMES[kind]} {_short(list(message[1:]))}"
