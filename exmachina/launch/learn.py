@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 
 from exmachina.config import Config, ConfigError, load_config
@@ -25,8 +26,8 @@ from exmachina.data import datasets
 from exmachina.data.datasets import DatasetError
 from exmachina.launch import capacity, placement
 from exmachina.launch.memory import PeakMemory
+from exmachina.model import learning, topology
 from exmachina.model import parameters as parameters_module
-from exmachina.model import topology
 from exmachina.model.parameters import Parameters
 from exmachina.model.topology import COORDINATOR, NeuronSpec
 from exmachina.network import coordinator as coordinator_module
@@ -110,7 +111,10 @@ def initial_cut(run: RunDir, specs: list[NeuronSpec]) -> None:
     """The initial weights as a consistent cut at count 0: a run that crashes before its first
     checkpoint resumes from where it began."""
     for s in specs:
-        checkpoints.save(run.path, s.id, 0, checkpoints.neuron_state(s.axon, s.bias, 0), kept=[])
+        weight_moments = learning.moments(s.optimizer, s.axon) if s.plastic_axon else []
+        bias_moments = [0.0] * len(learning.moments(s.optimizer, np.zeros(1))) if s.learn_bias else []
+        state = checkpoints.neuron_state(s.axon, s.bias, 0, weight_moments, bias_moments)
+        checkpoints.save(run.path, s.id, 0, state, kept=[])
     checkpoints.save(run.path, COORDINATOR, 0, Position().state(), kept=[])
 
 

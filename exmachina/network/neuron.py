@@ -279,9 +279,6 @@ class Neuron:
         self.axon.weights[:] = checkpoints.weights_of(state)
         self.bias[...] = state["bias"]
         weight_moments, bias_moments = checkpoints.moments_of(state)
-        if not weight_moments and not bias_moments:  # a cut the launcher wrote: no update yet, no moment
-            weight_moments = [np.zeros_like(m) for m in self.axon.moments]
-            bias_moments = [0.0 for _ in self.bias_moments]
         if len(weight_moments) != len(self.axon.moments) or len(bias_moments) != len(self.bias_moments):
             raise checkpoints.CheckpointError(
                 f"checkpoint at update {state['updates']} holds {len(weight_moments)}+{len(bias_moments)} "
