@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast, final
 
 import numpy as np
 import zmq
@@ -47,7 +48,7 @@ MAX_REPLAYS = 3  # a sample that stalls this many times running ends the run
 EVAL_BATCH = 64  # rows per message when only evaluating
 NO_SPACE_EXIT = 4  # the coordinator's exit code when the disk is full, as summary.json may not be written
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-SYNAPSE = (wire.Activity, wire.Error)
+SYNAPSE: tuple[type[wire.Activity], type[wire.Error]] = (wire.Activity, wire.Error)
 
 
 class Stalled(RuntimeError):
@@ -62,6 +63,7 @@ class Stopped(Exception):
     """SIGTERM arrived and the wait in hand outlived STOP_GRACE_S: what it waited for is abandoned."""
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class Restart:
     """A known neuron said HELLO again: its supervisor restarted it, and it must be wired back in.
@@ -79,7 +81,12 @@ class Peer:
     pid: int
     endpoints: dict[str, str]
     updates: int
-    control: zmq.Socket | None = None
+    control: zmq.Socket | None = None  # linked by Coordinator._link before any send
+
+    def send(self, frame: bytes) -> None:
+        """A control message to this neuron."""
+        assert self.control is not None, f"{self.id} is not linked"
+        self.control.send(frame)
 
 
 @dataclass
@@ -96,7 +103,7 @@ class Flight:
     errors_sent: bool = False
     back: set = field(default_factory=set)  # input neurons whose error came back
 
-    def take(self, message: wire.Activity | wire.Error, outputs: int, inputs: int) -> bool:
+    def take(self, message: wire.Synapse, outputs: int, inputs: int) -> bool:
         """Take one synapse message addressed to this batch; False if it is not one of ours."""
         sender = message.sender
         if type(message) is wire.Error:
@@ -169,6 +176,7 @@ class Coordinator:
         self.inbox.setsockopt(zmq.RCVHWM, transport.HIGH_WATER_MARK)
         self.inbox.setsockopt(zmq.LINGER, 0)
         if keys is not None:  # every neuron of the run reports here, and no one else
+            assert site.public_keys is not None, "a CURVE run names every public key"
             neurons = {nid: site.public_keys[nid] for nid in self.all_ids}
             self.gatekeeper = curve.Gatekeeper(self.ctx, neurons, log, site.public_keys)
             curve.serve(self.inbox, keys)
@@ -177,7 +185,7 @@ class Coordinator:
             bound = self.inbox.getsockopt_string(zmq.LAST_ENDPOINT)
             self.site = site = dataclasses.replace(site, coordinator=bound)
             publish_address(site.run_dir, bound)
-        if self.gatekeeper is not None:
+        if self.gatekeeper is not None and keys is not None:
             self.gatekeeper.start(self.inbox)
             log.info("curve: inbox is a CURVE server with public key %s", keys.public.decode())
         self.sensors: dict[str, zmq.Socket] = {}
@@ -306,10 +314,10 @@ class Coordinator:
 
     def _push(self, nid: str, linger_ms: int = transport.SYNAPSE_LINGER_MS) -> zmq.Socket:
         """A PUSH to a neuron's inbox: a CURVE client of that neuron's key when the run uses CURVE."""
-        endpoint = self.peers[nid].endpoints[INBOX]
-        if self.keys is None:
+        endpoint, public_keys = self.peers[nid].endpoints[INBOX], self.site.public_keys
+        if self.keys is None or public_keys is None:  # both or neither: see __init__
             return transport.push(self.ctx, endpoint, linger_ms)
-        return transport.push(self.ctx, endpoint, linger_ms, self.keys, self.site.public_keys[nid])
+        return transport.push(self.ctx, endpoint, linger_ms, self.keys, public_keys[nid])
 
     def _wire(self, ids: list[str], deadline: float) -> None:
         """(Re)link neurons, tell them where their synapses lead, and wait until each is READY; a
@@ -335,7 +343,7 @@ class Coordinator:
             downstream = me if layer == last else self._endpoints(layer + 1)
             upstream = me if layer == 0 else self._endpoints(layer - 1)
             message = [wire.VERSION, downstream, upstream, self.position.updates]
-            self.peers[nid].control.send(wire.encode(wire.WIRE, *message))
+            self.peers[nid].send(wire.encode(wire.WIRE, *message))
             waiting.add(nid)
 
     def _endpoints(self, layer: int) -> list[str]:
@@ -383,7 +391,7 @@ class Coordinator:
         self.abandoned.extend(dropped)
         for sample in dropped:
             for peer in self.peers.values():
-                peer.control.send(wire.encode(wire.DROP, sample))
+                peer.send(wire.encode(wire.DROP, sample))
         self.log.info(
             "wired back in after %.3f s; dropped %s, replaying", time.monotonic() - started, dropped
         )
@@ -432,13 +440,16 @@ class Coordinator:
                 flights = self._replay(flights)
                 deadline = time.monotonic() + timeout
                 continue
-            flight = self._take(flights, message)
-            if flight is None:
+            if not isinstance(message, SYNAPSE):
+                self._aside(message)
+                continue
+            taken = self._take(flights, message)
+            if taken is None:
                 continue
             deadline = time.monotonic() + timeout
-            if flight.done(len(self.inputs)):
+            if taken.done(len(self.inputs)):
                 del flights[message.sample]
-                yield flight
+                yield taken
 
     def _replay(self, flights: dict[int, Flight]) -> dict[int, Flight]:
         """Drop the batches in flight everywhere (wiring restarted neurons back in), send them again."""
@@ -446,10 +457,10 @@ class Coordinator:
         fresh = [flight.restart() for flight in flights.values()]
         return {self._launch(flight): flight for flight in fresh}
 
-    def _take(self, flights: dict[int, Flight], message: wire.Message) -> Flight | None:
+    def _take(self, flights: dict[int, Flight], message: wire.Synapse) -> Flight | None:
         """The flight a message moved on (its output errors sent once its outputs are in), else None:
         the message was not for any, and is put aside."""
-        flight = flights.get(message.sample) if isinstance(message, SYNAPSE) else None
+        flight = flights.get(message.sample)
         if flight is None or not flight.take(message, len(self.outputs), len(self.inputs)):
             self._aside(message)
             return None
@@ -472,6 +483,7 @@ class Coordinator:
         batches = (Flight(rows, data.inputs[rows], data.targets[rows], wire.INFER) for rows in chunks)
         outputs = np.zeros(data.targets.shape)
         for flight in self.stream(batches, self.config.training.max_in_flight):
+            assert flight.output is not None, "a flight is done once its outputs are in"
             outputs[flight.rows] = flight.output.T
         losses = self.loss.value(outputs.T, data.targets.T)
         return float(np.mean(losses)), accuracy(outputs, data.targets), outputs
@@ -489,7 +501,7 @@ class Coordinator:
         """One round of SNAPSHOT or CHECKPOINT and its STATE answers; the Restart, when a neuron
         restarted meanwhile."""
         for peer in self.peers.values():
-            peer.control.send(wire.encode(kind, request))
+            peer.send(wire.encode(kind, request))
         sizes = self.config.layer_sizes
         axons = [np.zeros((sizes[i], sizes[i + 1])) for i in range(len(sizes) - 1)]
         biases = [np.zeros(s) for s in sizes]
@@ -564,17 +576,16 @@ class Coordinator:
 
     def _learnt(self, flight: Flight) -> None:
         """Book one completed batch: scores, position, and the periodic checkpoint and snapshot."""
-        c, p = self.config, self.position
-        losses = self.loss.value(flight.output, flight.y.T)
+        c, p, output = self.config, self.position, flight.output
+        assert output is not None, "a flight is done once its outputs are in"
+        losses = cast("np.ndarray", self.loss.value(output, flight.y.T))  # one per sample of the batch
         if c.training.nan_policy == "stop" and not np.all(np.isfinite(losses)):
             raise Diverged(
                 f"the loss is {losses[~np.isfinite(losses)][0]} at epoch {p.epoch + 1}, "
                 f"update {p.updates + 1}"
             )
-        predicted, wanted = predictions(flight.output.T), predictions(flight.y)
-        for row, loss, pred, want, x, out in zip(
-            flight.rows, losses, predicted, wanted, flight.x, flight.output.T
-        ):
+        predicted, wanted = predictions(output.T), predictions(flight.y)
+        for row, loss, pred, want, x, out in zip(flight.rows, losses, predicted, wanted, flight.x, output.T):
             p.losses.append(float(loss))
             p.correct.append(bool(pred == want))
             self.recent_predictions.append(
@@ -656,7 +667,7 @@ class Coordinator:
         if self.stop_requested_at is not None:
             return "stopped"
         elapsed = time.monotonic() - epoch_started
-        record = {
+        record: dict[str, Any] = {
             "event": "epoch",
             "epoch": p.epoch + 1,
             "loss": float(np.mean(p.losses)),

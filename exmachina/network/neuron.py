@@ -14,11 +14,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 import zmq
 
-from exmachina.model.activations import ACTIVATIONS
+from exmachina.model.activations import ACTIVATIONS, Activation
 from exmachina.model.learning import (
     SGD,
     Optimizer,
@@ -36,6 +37,12 @@ from exmachina.rundir import checkpoints
 from exmachina.rundir.directory import RunDir, Site
 from exmachina.rundir.logs import DEBUG, Log, close_log, open_log
 
+if TYPE_CHECKING:  # a neuron's batches are arrays, and so are the soma's results for them
+    _fire: Callable[[np.ndarray, np.ndarray, Activation], tuple[np.ndarray, np.ndarray]]
+    _error: Callable[[np.ndarray, Activation, np.ndarray, np.ndarray], np.ndarray]
+else:
+    _fire, _error = fire, error
+
 # Recently dropped samples: their stragglers (still in flight when DROP came) are discarded.
 REMEMBER_DROPPED = 64
 
@@ -45,6 +52,14 @@ MAX_PENDING = 256
 
 # Up to this many values a batch's stats are summed in plain Python, beyond it in NumPy.
 SMALL_BATCH = 32
+
+
+class Link(Protocol):
+    """Where a neuron sends a synapse's frames: a PUSH socket (the rehearsal's stand-in in the zygote)."""
+
+    def send(self, data: bytes, flags: int = 0) -> Any: ...
+
+    def close(self) -> None: ...
 
 
 class Unexpected(ValueError):
@@ -81,7 +96,7 @@ class Gathering:
 
     def values(self) -> np.ndarray:
         """(synapses, batch)"""
-        return wire.values(b"".join(self.parts)).reshape(len(self.parts), -1)
+        return wire.values(b"".join(cast("list[bytes]", self.parts))).reshape(len(self.parts), -1)
 
 
 class Pending(dict):
@@ -114,7 +129,7 @@ class Dendrites:
         self.peers, self.log = peers, log
         self.debug = log.isEnabledFor(DEBUG)  # the level is set once, at start
         self.incoming = Pending(len(peers), log, "activities")
-        self.links: list[zmq.Socket] = []  # one PUSH back to each upstream peer, in synapse order
+        self.links: list[Link] = []  # one PUSH back to each upstream peer, in synapse order
 
     def send_back(self, sample: int, delta: np.ndarray, me: int) -> int:
         if self.debug:  # logged before sending, so a send precedes its recv
@@ -137,7 +152,7 @@ class Axon:
         self.moments = moments(optimizer, weights) if plastic else []
         self.debug = log.isEnabledFor(DEBUG)
         self.errors = Pending(len(weights), log, "errors")
-        self.links: list[zmq.Socket] = []  # one PUSH to each downstream peer, in synapse order
+        self.links: list[Link] = []  # one PUSH to each downstream peer, in synapse order
 
     def transmit(self, kind: int, sample: int, activity: np.ndarray, me: int) -> int:
         weighted = np.multiply.outer(self.weights, activity)  # one batch per outgoing synapse
@@ -184,7 +199,7 @@ class Neuron:
         inputs = self.dendrites.incoming.put(sample, synapse, data)  # 1. wait for every input synapse
         if inputs is None:
             return
-        net, activity = fire(inputs.sum(axis=0), self.bias, self.activation)  # 2. own activity
+        net, activity = _fire(inputs.sum(axis=0), self.bias, self.activation)  # 2. own activity
         if kind == wire.FORWARD:
             if len(self.fired) >= MAX_PENDING:  # stray traffic must not grow memory without bound
                 self.forget(next(iter(self.fired)))
@@ -200,7 +215,7 @@ class Neuron:
         if errors is None:
             return False
         net, activity, sent_with = self.fired.pop(sample)
-        delta = error(net, self.activation, sent_with, errors)  # 6. own error, with the weights it saw
+        delta = _error(net, self.activation, sent_with, errors)  # 6. own error, with the weights it saw
         self.sent += self.dendrites.send_back(sample, delta, self.spec.index)  # 7. back to the inputs
         gradient = axon_gradient(activity, errors)  # 8. gradient of each outgoing weight
         rate, step = rate_at(self.spec.schedule, self.spec.learning_rate, self.updates), self.updates + 1
@@ -317,6 +332,7 @@ class NeuronProcess:
         self.ctx = transport.context(sockets + (curve.GATEKEEPER_SOCKETS if keys is not None else 0))
         self.gatekeeper = None
         if keys is not None:  # only this neuron's neighbours and the coordinator may link to it
+            assert site.public_keys is not None, "a CURVE run names every public key"
             neighbours = {*spec.upstream, *spec.downstream, COORDINATOR}
             self.gatekeeper = curve.Gatekeeper(
                 self.ctx, {p: site.public_keys[p] for p in neighbours}, log, site.public_keys
@@ -328,7 +344,7 @@ class NeuronProcess:
         self.inbox, inbox = transport.pull(
             self.ctx, site.transport, site.place, socket_name(spec.id, INBOX), keys
         )
-        if self.gatekeeper is not None:
+        if self.gatekeeper is not None and keys is not None:
             self.gatekeeper.start(self.inbox)
             log.info(
                 "curve: inbox is a CURVE server with public key %s; admits %d peers' keys",
@@ -346,7 +362,9 @@ class NeuronProcess:
             if control
             else (transport.SYNAPSE_LINGER_MS, 0)
         )
-        server_key = None if self.keys is None else self.site.public_keys[peer]
+        server_key = (
+            None if self.keys is None or self.site.public_keys is None else self.site.public_keys[peer]
+        )
         return transport.push(self.ctx, endpoint, linger, self.keys, server_key, reconnect)
 
     def _on_signal(self, signum: int, frame: object) -> None:

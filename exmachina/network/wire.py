@@ -117,7 +117,7 @@ class Checkpoint(NamedTuple):
     """CHECKPOINT: save your state at update `count` (answered by STATE with request `count`)."""
 
     kind: int
-    count: int
+    count: int  # type: ignore[assignment]  # a field may shadow tuple.count: the record is read by name
 
 
 class Hello(NamedTuple):
@@ -157,11 +157,12 @@ class Stats(NamedTuple):
     stats: dict
 
 
+Synapse = Activity | Error  # the hot path's two records
 Message = Activity | Error | Wiring | Snapshot | Drop | Stop | Checkpoint | Hello | Ready | State | Stats
 
 # Each kind's record and the exact Python type of each field after the kind (msgpack gives exact
 # int/float/str/bytes/list/dict, so `type(x) is t` also refuses a bool where an int belongs).
-_RECORDS: dict[int, tuple[type, tuple[type, ...]]] = {
+_RECORDS: dict[int, tuple[type[Message], tuple[type, ...]]] = {
     FORWARD: (Activity, (int, int, bytes)),
     INFER: (Activity, (int, int, bytes)),
     BACKWARD: (Error, (int, int, bytes)),
@@ -210,7 +211,7 @@ def decode(frame: bytes) -> Message:
     return _new(_checked(message), message)
 
 
-def _checked(message: Any) -> type:
+def _checked(message: Any) -> type[Message]:
     """The record type of a message that is not a well-formed synapse message; raises WireError."""
     if type(message) is not list or not message:
         raise WireError(f"not a message array: {_short(message)}")
@@ -246,10 +247,10 @@ def payload(batch: np.ndarray) -> bytes:
 
 def describe(message: Message) -> str:
     """A short human form for logs: `FORWARD sample=17 sender=3 value=0.25`."""
-    kind = message[0]
-    if kind in SYNAPSE_KINDS:
-        return f"{NAMES[kind]} sample={message[1]} sender={message[2]} value={show(message[3])}"
-    return f"{NAMES[kind]} {_short(list(message[1:]))}"
+    name = NAMES[message.kind]
+    if isinstance(message, (Activity, Error)):
+        return f"{name} sample={message.sample} sender={message.sender} value={show(message.payload)}"
+    return f"{name} {_short(list(message[1:]))}"
 
 
 def show(data: bytes | np.ndarray) -> str:
