@@ -204,8 +204,8 @@ def ps(
 
 @app.command()
 def kill(
+    neuron: Annotated[str, typer.Option("--neuron", "-n", help="the neuron, e.g. hidden1.3")],
     run: RunArg = None,
-    neuron: Annotated[str, typer.Option("--neuron", "-n", help="the neuron, e.g. hidden1.3")] = ...,
     signal: Annotated[str, typer.Option("--signal", "-s", help="KILL, TERM, STOP, CONT ...")] = "KILL",
 ) -> None:
     """Signal one neuron process of this run only (by default kill -9: its supervisor restarts it)."""

@@ -175,8 +175,9 @@ class Config:
         """The resolved config, as written into the run directory."""
         resolved = dataclasses.asdict(self)
         resolved.pop("source")
-        if self.data.path is not None:
-            resolved["data"]["path"] = str(self.data_path().resolve())
+        path = self.data_path() if self.data.path is not None else None
+        if path is not None:
+            resolved["data"]["path"] = str(path.resolve())
         for i, layer in enumerate(resolved["network"]["layers"]):
             layer["activation"] = self.activation(i)
             layer["bias_init"] = list(self.bias_init(i))
@@ -285,7 +286,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         return _coerce(value, inner, key, source)
     if origin in _GENERICS:
         return _GENERICS[origin](value, args, key, source)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if isinstance(value, str) and _named_by_default(hint):
             value = {"name": value}  # a section that is all defaults but its name: the name alone
         return _build(hint, value, key, source)

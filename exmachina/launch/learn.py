@@ -39,7 +39,7 @@ from exmachina.rundir.logs import Log, close_log, open_log
 from supervisor import ChildSpec, Event, Outcome, Supervisor
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STALLED = 0, 1, 2, 3
-SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+SIGNAL_EXIT: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 def prepare(config_path: str | Path, new_run: bool = True) -> tuple[Config, datasets.Dataset]:
@@ -128,8 +128,10 @@ def learn(
                 raise ConfigError(f"{run.path}: not a run directory (no config.yaml)")
             config, data = prepare(run.config, new_run=False)
             resumption = find_resumption(run, config)
-        else:
+        elif config_path is not None:
             config, data = prepare(config_path)
+        else:
+            raise ConfigError("give a config file or a run to resume")
         sockets = transport.socket_dir() if config.runtime.transport == "ipc" else None
         host = placement.join(config) if config.placement.engine == "ray" else config.runtime.host
     except (

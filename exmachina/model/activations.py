@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-Array = float | np.ndarray
+Array = np.ndarray  # a batch of values (a neuron's) or a layer's matrix of them
 
 
 @dataclass(frozen=True)

@@ -124,18 +124,21 @@ def descend(
         parameter -= rate * gradient
     elif name in ("momentum", "nesterov"):
         (velocity,) = kept
-        velocity *= optimizer.momentum
+        keep = optimizer.momentum
+        assert keep is not None  # the config fills in every field its optimizer uses
+        velocity *= keep
         velocity += gradient
-        parameter -= rate * (gradient + optimizer.momentum * velocity if name == "nesterov" else velocity)
+        parameter -= rate * (gradient + keep * velocity if name == "nesterov" else velocity)
     else:
         mean, square = kept
-        b1, b2 = optimizer.beta1, optimizer.beta2
+        b1, b2, eps = optimizer.beta1, optimizer.beta2, optimizer.eps
+        assert b1 is not None and b2 is not None and eps is not None
         mean *= b1
         mean += (1 - b1) * gradient
         square *= b2
         square += (1 - b2) * gradient * gradient
         unbiased = mean / (1 - b1**step)
-        parameter -= rate * unbiased / (np.sqrt(square / (1 - b2**step)) + optimizer.eps)
+        parameter -= rate * unbiased / (np.sqrt(square / (1 - b2**step)) + eps)
 
 
 def rate_at(schedule: Schedule, learning_rate: float, done: int) -> float:
@@ -144,9 +147,13 @@ def rate_at(schedule: Schedule, learning_rate: float, done: int) -> float:
         return learning_rate * (done + 1) / schedule.warmup
     t = done - schedule.warmup
     if schedule.name == "step":
-        return learning_rate * schedule.gamma ** (t // schedule.every)
+        gamma, every = schedule.gamma, schedule.every
+        assert gamma is not None and every is not None  # the config fills them in
+        return learning_rate * gamma ** (t // every)
     if schedule.name == "cosine":
-        progress = min(t, schedule.over) / schedule.over
-        share = schedule.floor + (1 - schedule.floor) * (1 + math.cos(math.pi * progress)) / 2
+        over, floor = schedule.over, schedule.floor
+        assert over is not None and floor is not None
+        progress = min(t, over) / over
+        share = floor + (1 - floor) * (1 + math.cos(math.pi * progress)) / 2
         return learning_rate * share
     return learning_rate

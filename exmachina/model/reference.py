@@ -99,7 +99,8 @@ class Reference:
         self, data: Dataset, epoch: int, seed: int, shuffle: bool = True, batch_size: int = 1
     ) -> EpochResult:
         order = epoch_order(seed, epoch, len(data), shuffle)
-        losses, outputs = [], []
+        losses: list[float] = []
+        outputs: list[np.ndarray] = []
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             loss, output = self.train_batch(data.inputs[rows], data.targets[rows])
