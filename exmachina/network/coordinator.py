@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast, final
+from typing import Any, final
 
 import numpy as np
 import zmq
@@ -578,7 +578,7 @@ class Coordinator:
         """Book one completed batch: scores, position, and the periodic checkpoint and snapshot."""
         c, p, output = self.config, self.position, flight.output
         assert output is not None, "a flight is done once its outputs are in"
-        losses = cast("np.ndarray", self.loss.value(output, flight.y.T))  # one per sample of the batch
+        losses = self.loss.value(output, flight.y.T)
         if c.training.nan_policy == "stop" and not np.all(np.isfinite(losses)):
             raise Diverged(
                 f"the loss is {losses[~np.isfinite(losses)][0]} at epoch {p.epoch + 1}, "

@@ -14,12 +14,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import zmq
 
-from exmachina.model.activations import ACTIVATIONS, Activation
+from exmachina.model.activations import ACTIVATIONS
 from exmachina.model.learning import (
     SGD,
     Optimizer,
@@ -36,12 +36,6 @@ from exmachina.network import curve, transport, wire
 from exmachina.rundir import checkpoints
 from exmachina.rundir.directory import RunDir, Site
 from exmachina.rundir.logs import DEBUG, Log, close_log, open_log
-
-if TYPE_CHECKING:  # a neuron's batches are arrays, and so are the soma's results for them
-    _fire: Callable[[np.ndarray, np.ndarray, Activation], tuple[np.ndarray, np.ndarray]]
-    _error: Callable[[np.ndarray, Activation, np.ndarray, np.ndarray], np.ndarray]
-else:
-    _fire, _error = fire, error
 
 # Recently dropped samples: their stragglers (still in flight when DROP came) are discarded.
 REMEMBER_DROPPED = 64
@@ -199,7 +193,7 @@ class Neuron:
         inputs = self.dendrites.incoming.put(sample, synapse, data)  # 1. wait for every input synapse
         if inputs is None:
             return
-        net, activity = _fire(inputs.sum(axis=0), self.bias, self.activation)  # 2. own activity
+        net, activity = fire(inputs.sum(axis=0), self.bias, self.activation)  # 2. own activity
         if kind == wire.FORWARD:
             if len(self.fired) >= MAX_PENDING:  # stray traffic must not grow memory without bound
                 self.forget(next(iter(self.fired)))
@@ -215,7 +209,7 @@ class Neuron:
         if errors is None:
             return False
         net, activity, sent_with = self.fired.pop(sample)
-        delta = _error(net, self.activation, sent_with, errors)  # 6. own error, with the weights it saw
+        delta = error(net, self.activation, sent_with, errors)  # 6. own error, with the weights it saw
         self.sent += self.dendrites.send_back(sample, delta, self.spec.index)  # 7. back to the inputs
         gradient = axon_gradient(activity, errors)  # 8. gradient of each outgoing weight
         rate, step = rate_at(self.spec.schedule, self.spec.learning_rate, self.updates), self.updates + 1
