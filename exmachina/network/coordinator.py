@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, final
 
 import numpy as np
 import zmq
@@ -62,6 +63,7 @@ class Stopped(Exception):
     """SIGTERM arrived and the wait in hand outlived STOP_GRACE_S: what it waited for is abandoned."""
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class Restart:
     """A known neuron said HELLO again: its supervisor restarted it, and it must be wired back in.
@@ -79,7 +81,12 @@ class Peer:
     pid: int
     endpoints: dict[str, str]
     updates: int
-    control: zmq.Socket | None = None
+    control: zmq.Socket | None = None  # linked by Coordinator._link before any send
+
+    def send(self, frame: bytes) -> None:
+        """A control message to this neuron."""
+        assert self.control is not None, f"{self.id} is not linked"
+        self.control.send(frame)
 
 
 @dataclass
@@ -169,6 +176,7 @@ class Coordinator:
         self.inbox.setsockopt(zmq.RCVHWM, transport.HIGH_WATER_MARK)
         self.inbox.setsockopt(zmq.LINGER, 0)
         if keys is not None:  # every neuron of the run reports here, and no one else
+            assert site.public_keys is not None, "a CURVE run names every public key"
             neurons = {nid: site.public_keys[nid] for nid in self.all_ids}
             self.gatekeeper = curve.Gatekeeper(self.ctx, neurons, log, site.public_keys)
             curve.serve(self.inbox, keys)
@@ -177,7 +185,7 @@ class Coordinator:
             bound = self.inbox.getsockopt_string(zmq.LAST_ENDPOINT)
             self.site = site = dataclasses.replace(site, coordinator=bound)
             publish_address(site.run_dir, bound)
-        if self.gatekeeper is not None:
+        if self.gatekeeper is not None and keys is not None:
             self.gatekeeper.start(self.inbox)
             log.info("curve: inbox is a CURVE server with public key %s", keys.public.decode())
         self.sensors: dict[str, zmq.Socket] = {}
@@ -306,10 +314,10 @@ class Coordinator:
 
     def _push(self, nid: str, linger_ms: int = transport.SYNAPSE_LINGER_MS) -> zmq.Socket:
         """A PUSH to a neuron's inbox: a CURVE client of that neuron's key when the run uses CURVE."""
-        endpoint = self.peers[nid].endpoints[INBOX]
-        if self.keys is None:
+        endpoint, public_keys = self.peers[nid].endpoints[INBOX], self.site.public_keys
+        if self.keys is None or public_keys is None:  # both or neither: see __init__
             return transport.push(self.ctx, endpoint, linger_ms)
-        return transport.push(self.ctx, endpoint, linger_ms, self.keys, self.site.public_keys[nid])
+        return transport.push(self.ctx, endpoint, linger_ms, self.keys, public_keys[nid])
 
     def _wire(self, ids: list[str], deadline: float) -> None:
         """(Re)link neurons, tell them where their synapses lead, and wait until each is READY; a
@@ -335,7 +343,7 @@ class Coordinator:
             downstream = me if layer == last else self._endpoints(layer + 1)
             upstream = me if layer == 0 else self._endpoints(layer - 1)
             message = [wire.VERSION, downstream, upstream, self.position.updates]
-            self.peers[nid].control.send(wire.encode(wire.WIRE, *message))
+            self.peers[nid].send(wire.encode(wire.WIRE, *message))
             waiting.add(nid)
 
     def _endpoints(self, layer: int) -> list[str]:
@@ -383,7 +391,7 @@ class Coordinator:
         self.abandoned.extend(dropped)
         for sample in dropped:
             for peer in self.peers.values():
-                peer.control.send(wire.encode(wire.DROP, sample))
+                peer.send(wire.encode(wire.DROP, sample))
         self.log.info(
             "wired back in after %.3f s; dropped %s, replaying", time.monotonic() - started, dropped
         )
@@ -395,8 +403,8 @@ class Coordinator:
         """Send batches' inputs to the sensors under fresh sample ids: batches of one size as one group,
         a frame per sensor (one batch: the single-sample frame)."""
         ids: list[int] = []
-        for _, group in itertools.groupby(flights, key=lambda flight: len(flight.rows)):
-            group = list(group)
+        for _, same_size in itertools.groupby(flights, key=lambda flight: len(flight.rows)):
+            group = list(same_size)
             samples = list(range(self.sample + 1, self.sample + 1 + len(group)))
             self.sample += len(group)
             field = samples[0] if len(samples) == 1 else samples
@@ -466,12 +474,14 @@ class Coordinator:
         outputs are now all in are sent, a frame per output neuron); none, and the message is put
         aside, if it was not for any."""
         moved: list[int] = []
-        if isinstance(message, SYNAPSE):
-            outputs, inputs = len(self.outputs), len(self.inputs)
-            for sample, data in wire.parts(message):
-                flight = flights.get(sample)
-                if flight is not None and flight.take(message, data, outputs, inputs):
-                    moved.append(sample)
+        if not isinstance(message, SYNAPSE):
+            self._aside(message)
+            return moved
+        outputs, inputs = len(self.outputs), len(self.inputs)
+        for sample, data in wire.parts(message):
+            flight = flights.get(sample)
+            if flight is not None and flight.take(message, data, outputs, inputs):
+                moved.append(sample)
         if not moved:
             self._aside(message)
             return moved
@@ -487,7 +497,7 @@ class Coordinator:
     def _send_errors(self, ready: list[tuple[int, Flight]]) -> None:
         """The output errors of batches whose outputs are all in: one frame per output neuron."""
         samples = [sample for sample, _ in ready]
-        gradient = np.concatenate([self.loss.grad(f.output, f.y.T) for _, f in ready], axis=1)
+        gradient = np.concatenate([self.loss.grad(_output(f), f.y.T) for _, f in ready], axis=1)
         field = samples[0] if len(samples) == 1 else samples
         debug = self.log.isEnabledFor(DEBUG)
         for nid, row in zip(self.outputs, gradient):
@@ -504,6 +514,7 @@ class Coordinator:
         batches = (Flight(rows, data.inputs[rows], data.targets[rows], wire.INFER) for rows in chunks)
         outputs = np.zeros(data.targets.shape)
         for flight in self.stream(batches, self.config.training.max_in_flight):
+            assert flight.output is not None, "a flight is done once its outputs are in"
             outputs[flight.rows] = flight.output.T
         losses = self.loss.value(outputs.T, data.targets.T)
         return float(np.mean(losses)), accuracy(outputs, data.targets), outputs
@@ -521,7 +532,7 @@ class Coordinator:
         """One round of SNAPSHOT or CHECKPOINT and its STATE answers; the Restart, when a neuron
         restarted meanwhile."""
         for peer in self.peers.values():
-            peer.control.send(wire.encode(kind, request))
+            peer.send(wire.encode(kind, request))
         sizes = self.config.layer_sizes
         axons = [np.zeros((sizes[i], sizes[i + 1])) for i in range(len(sizes) - 1)]
         biases = [np.zeros(s) for s in sizes]
@@ -596,17 +607,16 @@ class Coordinator:
 
     def _learnt(self, flight: Flight) -> None:
         """Book one completed batch: scores, position, and the periodic checkpoint and snapshot."""
-        c, p = self.config, self.position
-        losses = self.loss.value(flight.output, flight.y.T)
+        c, p, output = self.config, self.position, flight.output
+        assert output is not None, "a flight is done once its outputs are in"
+        losses = self.loss.value(output, flight.y.T)
         if c.training.nan_policy == "stop" and not np.all(np.isfinite(losses)):
             raise Diverged(
                 f"the loss is {losses[~np.isfinite(losses)][0]} at epoch {p.epoch + 1}, "
                 f"update {p.updates + 1}"
             )
-        predicted, wanted = predictions(flight.output.T), predictions(flight.y)
-        for row, loss, pred, want, x, out in zip(
-            flight.rows, losses, predicted, wanted, flight.x, flight.output.T
-        ):
+        predicted, wanted = predictions(output.T), predictions(flight.y)
+        for row, loss, pred, want, x, out in zip(flight.rows, losses, predicted, wanted, flight.x, output.T):
             p.losses.append(float(loss))
             p.correct.append(bool(pred == want))
             self.recent_predictions.append(
@@ -688,7 +698,7 @@ class Coordinator:
         if self.stop_requested_at is not None:
             return "stopped"
         elapsed = time.monotonic() - epoch_started
-        record = {
+        record: dict[str, Any] = {
             "event": "epoch",
             "epoch": p.epoch + 1,
             "loss": float(np.mean(p.losses)),
@@ -851,3 +861,9 @@ def _write_summary(run: RunDir, summary: dict, log: Log) -> None:
             raise
         summary.update(status="disk_full", error=str(exc))
     log.info("end: %s", summary)
+
+
+def _output(flight: Flight) -> np.ndarray:
+    """A batch's outputs, which are all in once its errors are due."""
+    assert flight.output is not None
+    return flight.output

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any, Protocol, cast
 
 import numpy as np
 import zmq
@@ -45,6 +46,14 @@ MAX_PENDING = 256
 
 # Up to this many values a batch's stats are summed in plain Python, beyond it in NumPy.
 SMALL_BATCH = 32
+
+
+class Link(Protocol):
+    """Where a neuron sends a synapse's frames: a PUSH socket (the rehearsal's stand-in in the zygote)."""
+
+    def send(self, data: bytes, flags: int = 0) -> Any: ...
+
+    def close(self) -> None: ...
 
 
 class Unexpected(ValueError):
@@ -81,7 +90,7 @@ class Gathering:
 
     def values(self) -> np.ndarray:
         """(synapses, batch)"""
-        return wire.values(b"".join(self.parts)).reshape(len(self.parts), -1)
+        return wire.values(b"".join(cast("list[bytes]", self.parts))).reshape(len(self.parts), -1)
 
 
 class Pending(dict):
@@ -121,7 +130,7 @@ class Dendrites:
         self.peers, self.log = peers, log
         self.debug = log.isEnabledFor(DEBUG)  # the level is set once, at start
         self.incoming = Pending(len(peers), log, "activities")
-        self.links: list[zmq.Socket] = []  # one PUSH back to each upstream peer, in synapse order
+        self.links: list[Link] = []  # one PUSH back to each upstream peer, in synapse order
 
     def send_back(self, sample: int | tuple[int, ...], delta: np.ndarray, me: int) -> int:
         """The error to every input synapse: one frame each, for one sample or a whole group."""
@@ -146,7 +155,7 @@ class Axon:
         self.moments = moments(optimizer, weights) if plastic else []
         self.debug = log.isEnabledFor(DEBUG)
         self.errors = Pending(len(weights), log, "errors")
-        self.links: list[zmq.Socket] = []  # one PUSH to each downstream peer, in synapse order
+        self.links: list[Link] = []  # one PUSH to each downstream peer, in synapse order
 
     def transmit(self, kind: int, sample: int | tuple[int, ...], activity: np.ndarray, me: int) -> int:
         """The weighted activity to every output synapse: one frame each, for one sample or a group."""
@@ -301,12 +310,12 @@ def _mean(batch: np.ndarray, magnitude: bool = False) -> float:
 
 def _field(sample: int | tuple[int, ...]) -> int | list[int]:
     """The sample field of a synapse frame: the id, or the group's ids as a list."""
-    return list(sample) if type(sample) is tuple else sample
+    return list(sample) if isinstance(sample, tuple) else sample
 
 
 def _per_sample(sample: int | tuple[int, ...], batch: np.ndarray) -> list[tuple[int, np.ndarray]]:
     """(sample, its part of the batch) for one sample or each of a group (for the debug log)."""
-    samples = sample if type(sample) is tuple else (sample,)
+    samples = sample if isinstance(sample, tuple) else (sample,)
     size = len(batch) // len(samples)
     return [(one, batch[i * size : (i + 1) * size]) for i, one in enumerate(samples)]
 
@@ -374,6 +383,7 @@ class NeuronProcess:
         self.ctx = transport.context(sockets + (curve.GATEKEEPER_SOCKETS if keys is not None else 0))
         self.gatekeeper = None
         if keys is not None:  # only this neuron's neighbours and the coordinator may link to it
+            assert site.public_keys is not None, "a CURVE run names every public key"
             neighbours = {*spec.upstream, *spec.downstream, COORDINATOR}
             self.gatekeeper = curve.Gatekeeper(
                 self.ctx, {p: site.public_keys[p] for p in neighbours}, log, site.public_keys
@@ -385,7 +395,7 @@ class NeuronProcess:
         self.inbox, inbox = transport.pull(
             self.ctx, site.transport, site.place, socket_name(spec.id, INBOX), keys
         )
-        if self.gatekeeper is not None:
+        if self.gatekeeper is not None and keys is not None:
             self.gatekeeper.start(self.inbox)
             log.info(
                 "curve: inbox is a CURVE server with public key %s; admits %d peers' keys",
@@ -403,7 +413,9 @@ class NeuronProcess:
             if control
             else (transport.SYNAPSE_LINGER_MS, 0)
         )
-        server_key = None if self.keys is None else self.site.public_keys[peer]
+        server_key = (
+            None if self.keys is None or self.site.public_keys is None else self.site.public_keys[peer]
+        )
         return transport.push(self.ctx, endpoint, linger, self.keys, server_key, reconnect)
 
     def _on_signal(self, signum: int, frame: object) -> None:

@@ -33,7 +33,10 @@ REPEATS = 16  # logs opened, contexts made: a function is quickened once called 
 class _Sink:
     """A link that swallows frames: the rehearsal's stand-in for a PUSH socket."""
 
-    def send(self, frame: bytes) -> None:
+    def send(self, data: bytes, flags: int = 0) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
 
@@ -71,13 +74,16 @@ def _train(samples: int) -> None:
             for sample in range(samples):
                 for synapse in range(3):
                     message = wire.decode(wire.encode(wire.FORWARD, sample, synapse, values))
-                    neuron.on_activity(message[0], message[1], message[2], message[3])
+                    assert isinstance(message, wire.Activity)
+                    neuron.on_activity(message.kind, message.sample, message.sender, message.payload)
                 for synapse in range(2):
                     message = wire.decode(wire.encode(wire.BACKWARD, sample, synapse, values))
-                    neuron.on_error(message[1], message[2], message[3])
+                    assert isinstance(message, wire.Error)
+                    neuron.on_error(message.sample, message.sender, message.payload)
                 message = wire.decode(wire.encode(wire.INFER, sample, 0, values))
+                assert isinstance(message, wire.Activity)
                 for synapse in range(3):
-                    neuron.on_activity(message[0], message[1], synapse, message[3])
+                    neuron.on_activity(message.kind, message.sample, synapse, message.payload)
 
 
 def _log(run: RunDir) -> None:

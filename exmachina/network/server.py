@@ -220,22 +220,22 @@ class Server(Coordinator):
         self.flights = {}
         return 0
 
-    def _progress(self, message: wire.Activity | wire.Error) -> bool:
-        """Take one synapse message; True if it moved a batch on (answered once its outputs are in)."""
-        flight = self._take(self.flights, message)
-        if flight is None:
-            return False
-        if flight.done(len(self.inputs)):
-            del self.flights[message.sample]
-            self._answer(cast(Batch, flight))
-        return True
+    def _progress(self, message: wire.Synapse) -> bool:
+        """Take one synapse message; True if it moved a batch on (each answered once its outputs are
+        in). A frame may carry several batches of the same link."""
+        moved = self._take(self.flights, message)
+        for sample in moved:
+            if self.flights[sample].done(len(self.inputs)):
+                self._answer(cast(Batch, self.flights.pop(sample)))
+        return bool(moved)
 
     def _admit(self) -> None:
         """Launch waiting rows, up to `batch` a message and `in_flight` batches in the network."""
         while self.waiting and len(self.flights) < self.in_flight:
             batch = self._next_batch()
             if batch is not None:
-                self.flights[self._launch(batch)] = batch
+                (sample,) = self._launch([batch])
+                self.flights[sample] = batch
 
     def _next_batch(self) -> Batch | None:
         """The next `batch` rows waiting, across jobs in the order they came; None if only failed

@@ -146,7 +146,7 @@ class Checkpoint(NamedTuple):
     """CHECKPOINT: save your state at update `count` (answered by STATE with request `count`)."""
 
     kind: int
-    count: int
+    count: int  # type: ignore[assignment]  # a field may shadow tuple.count: the record is read by name
 
 
 class Hello(NamedTuple):
@@ -191,7 +191,7 @@ Message = Synapse | Wiring | Snapshot | Drop | Stop | Checkpoint | Hello | Ready
 
 # Each kind's record and the exact Python type of each field after the kind (msgpack gives exact
 # int/float/str/bytes/list/dict, so `type(x) is t` also refuses a bool where an int belongs).
-_RECORDS: dict[int, tuple[type, tuple[type, ...]]] = {
+_RECORDS: dict[int, tuple[type[Message], tuple[type, ...]]] = {
     FORWARD: (Activity, (int, int, bytes)),
     INFER: (Activity, (int, int, bytes)),
     BACKWARD: (Error, (int, int, bytes)),
@@ -206,7 +206,11 @@ _RECORDS: dict[int, tuple[type, tuple[type, ...]]] = {
     STATS: (Stats, (str, dict)),
 }
 _SYNAPSE_RECORDS = {kind: record for kind, (record, _) in _RECORDS.items() if kind in SYNAPSE_KINDS}
-_GROUP_RECORDS = {FORWARD: Activities, INFER: Activities, BACKWARD: Errors}
+_GROUP_RECORDS: dict[int, type[Activities] | type[Errors]] = {
+    FORWARD: Activities,
+    INFER: Activities,
+    BACKWARD: Errors,
+}
 SYNAPSE_RECORDS = (Activity, Error, Activities, Errors)
 _new = tuple.__new__  # a record from the decoded list as it is: no per-field call
 
@@ -266,14 +270,14 @@ def _group_checked(record: type, message: list) -> type:
 
 def parts(message: Synapse) -> list[tuple[int, bytes]]:
     """(sample, its batch's bytes) for each sample a synapse message carries, in wire order."""
-    if type(message) is Activity or type(message) is Error:
+    if isinstance(message, (Activity, Error)):
         return [(message.sample, message.payload)]
     data, samples = message.payload, message.samples
     size = len(data) // len(samples)
     return [(sample, data[i * size : (i + 1) * size]) for i, sample in enumerate(samples)]
 
 
-def _checked(message: Any) -> type:
+def _checked(message: Any) -> type[Message]:
     """The record type of a message that is not a well-formed synapse message; raises WireError."""
     if type(message) is not list or not message:
         raise WireError(f"not a message array: {_short(message)}")
@@ -315,12 +319,12 @@ def singles(message: Synapse) -> list[Activity | Error]:
 
 def describe(message: Message) -> str:
     """A short human form for logs: `FORWARD sample=17 sender=3 value=0.25`."""
-    kind = message[0]
-    if kind in SYNAPSE_KINDS and type(message[1]) is list:
-        return f"{NAMES[kind]} samples={message[1]} sender={message[2]} values={show(message[3])}"
-    if kind in SYNAPSE_KINDS:
-        return f"{NAMES[kind]} sample={message[1]} sender={message[2]} value={show(message[3])}"
-    return f"{NAMES[kind]} {_short(list(message[1:]))}"
+    name = NAMES[message.kind]
+    if isinstance(message, (Activities, Errors)):
+        return f"{name} samples={message.samples} sender={message.sender} values={show(message.payload)}"
+    if isinstance(message, (Activity, Error)):
+        return f"{name} sample={message.sample} sender={message.sender} value={show(message.payload)}"
+    return f"{name} {_short(list(message[1:]))}"
 
 
 def show(data: bytes | np.ndarray) -> str:
