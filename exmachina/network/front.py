@@ -15,14 +15,15 @@ and parsed at once, so concurrent large requests cannot add up past a bound.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from concurrent.futures import TimeoutError as FutureTimeout
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
+
+from exmachina.web import LocalHTTPServer
 
 if TYPE_CHECKING:
     from exmachina.network.server import Server
@@ -89,7 +90,7 @@ def _first_not_numbers(inputs: list) -> int | None:
     return None
 
 
-class Front(ThreadingHTTPServer):
+class Front(LocalHTTPServer):
     daemon_threads = True  # a client holding a connection open never keeps the process alive
     request_queue_size = 128  # connections the kernel holds until accepted: many clients connect at once
 
@@ -99,14 +100,7 @@ class Front(ThreadingHTTPServer):
         self.width = about["inputs"]
         self.parsers = threading.BoundedSemaphore(PARSERS)
         self._thread: threading.Thread | None = None
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
-
-    @property
-    def url(self) -> str:
-        host, port = str(self.server_address[0]), self.server_address[1]
-        return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True)

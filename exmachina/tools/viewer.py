@@ -19,12 +19,11 @@ from __future__ import annotations
 import json
 import math
 import signal
-import socket
 import sys
 import threading
 import zipfile
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +32,7 @@ import numpy as np
 
 from exmachina.model.parameters import Parameters
 from exmachina.rundir.directory import RunDir, resolve
+from exmachina.web import LocalHTTPServer
 
 DEFAULT_PORT = 8050
 POLL_MS = 1000
@@ -241,20 +241,13 @@ def _prediction(p: dict) -> dict:
 # -- the server ----------------------------------------------------------------------------------
 
 
-class ViewerServer(ThreadingHTTPServer):
+class ViewerServer(LocalHTTPServer):
     daemon_threads = True  # a browser holding a connection open never keeps the process alive
     allow_reuse_address = True
 
     def __init__(self, run: RunDir, address: tuple[str, int]) -> None:
         self.run = run
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
-
-    @property
-    def url(self) -> str:
-        host, port = str(self.server_address[0]), self.server_address[1]
-        return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 class _Handler(BaseHTTPRequestHandler):
