@@ -97,7 +97,8 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class PlacementConfig:
-    """Where neurons run: here, under our own supervisor, or as actors on a Ray cluster's nodes.
+    """Where neurons run: here, under our own supervisor, or under a host agent on each of a Ray
+    cluster's nodes.
     A node is named by a custom resource its `ray start --resources` declares."""
 
     engine: Literal["local", "ray"] = "local"
@@ -107,7 +108,9 @@ class PlacementConfig:
     layers: dict[str, str] = field(default_factory=dict)  # by_layer: layer name -> node
     neurons: dict[str, str] = field(default_factory=dict)  # explicit: neuron id -> node (others: by
     # layer when `layers` is given, else round robin over `nodes`)
-    max_restarts: int = 5  # ray: how many times Ray restarts a neuron's actor that died
+    # ray: node labels a lost node's neurons may move to, in order; empty: any surviving node
+    fallback: list[str] = field(default_factory=list)
+    max_restarts: int = 5  # ray: how many times Ray restarts a host agent that died
     # ray: seconds for every actor to start and say hello (default: 60 + 2 per neuron). Ray starts
     # worker processes a few at a time (as many as a node has CPUs), and each is slow to start.
     startup_timeout: float | None = None
@@ -552,7 +555,7 @@ def _loopback(host: str) -> bool:
 def _check_placement(c: Config) -> None:
     s, p = c.source, c.placement
     if p.engine == "local":
-        for key in ("nodes", "layers", "neurons"):
+        for key in ("nodes", "layers", "neurons", "fallback"):
             if getattr(p, key):
                 _fail(s, f"placement.{key}", "only a ray placement places neurons on nodes")
         return

@@ -110,35 +110,125 @@ def test_xor_split_over_two_nodes_equals_the_local_run(tmp_path, cluster):
     assert not (Path(tempfile.gettempdir()) / "exmachina-ray").exists()
 
 
-def test_a_killed_actor_is_restarted_from_its_checkpoint_and_the_run_goes_on(tmp_path, cluster):
-    config = ray_config(cluster, training={"learning_rate": 0.5, "epochs": 150})
-    config["runtime"]["checkpoint_every"] = 20
-    proc = start_learn(write_config(tmp_path, config))
+def hidden_log_with_checkpoint(tmp_path: Path, nid: str = "hidden1.1") -> Path | None:
+    """While the run is on, a Ray neuron's log lives on its node: this one's, once it checkpointed."""
+    for log in (Path(tempfile.gettempdir()) / "exmachina-ray").glob(f"*/xor-*/neurons/{nid}.log"):
+        run = log.parent.parent
+        if (tmp_path / "runs" / run.name).exists() and list(run.glob(f"checkpoints/{nid}.*")):
+            return log
+    return None
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    """The run's stderr once it has ended (killed with its group if it overstays)."""
     try:
-        # while the run is on, a Ray neuron's log lives on its node
-        node_logs = Path(tempfile.gettempdir()) / "exmachina-ray"
-
-        def hidden_log_with_checkpoint() -> Path | None:
-            for log in node_logs.glob("*/xor-*/neurons/hidden1.1.log"):
-                run = log.parent.parent
-                if (tmp_path / "runs" / run.name).exists() and list(run.glob("checkpoints/hidden1.1.*")):
-                    return log
-            return None
-
-        log = wait_for(hidden_log_with_checkpoint, timeout=240, interval=0.5)
-        pid = int(re.search(r"start pid=(\d+)", log.read_text())[1])
-        os.kill(pid, signal.SIGKILL)
-        _out, err = proc.communicate(timeout=300)
+        _out, err = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    return err
+
+
+def test_a_killed_neuron_is_restarted_by_its_agent_and_the_run_goes_on(tmp_path, cluster):
+    config = ray_config(cluster, training={"learning_rate": 0.5, "epochs": 150})
+    config["runtime"]["checkpoint_every"] = 20
+    proc = start_learn(write_config(tmp_path, config))
+    try:
+        log = wait_for(lambda: hidden_log_with_checkpoint(tmp_path), timeout=240, interval=0.5)
+        pid = int(re.search(r"start pid=(\d+)", log.read_text())[1])
+        os.kill(pid, signal.SIGKILL)
+    finally:
+        err = finish(proc)
     assert proc.returncode == 0, err
     run = run_dir(tmp_path)
     coordinator_log = (run / "neurons" / "coordinator.log").read_text()
     assert re.search(r"hidden1\.1 restarted \(pid \d+\) from update \d+", coordinator_log), coordinator_log
-    hidden_log = (run / "neurons" / "hidden1.1.log").read_text()
-    assert "restarted: restored checkpoint at update" in hidden_log
+    assert "restarted: restored checkpoint at update" in (run / "neurons" / "hidden1.1.log").read_text()
+    # the agent on the neuron's node restarted it, without the driver: its log says so
+    (agent_log,) = [p for p in (run / "neurons").glob("agent-*.log") if "started hidden1.1 " in p.read_text()]
+    assert re.search(r"restarting hidden1\.1 pid=\d+ exitcode=-9", agent_log.read_text())
+    assert '"status": "completed"' in (run / "summary.json").read_text()
+    assert not (Path(tempfile.gettempdir()) / "exmachina-ray").exists()
+
+
+def test_a_killed_agent_is_restarted_by_ray_and_its_neurons_come_back(tmp_path, cluster):
+    config = ray_config(cluster, training={"learning_rate": 0.5, "epochs": 200})
+    config["runtime"]["checkpoint_every"] = 20
+    proc = start_learn(write_config(tmp_path, config))
+    try:
+        log = wait_for(lambda: hidden_log_with_checkpoint(tmp_path), timeout=240, interval=0.5)
+        neuron = psutil.Process(int(re.search(r"start pid=(\d+)", log.read_text())[1]))
+        zygote = neuron.parent()
+        agent = zygote.parent()
+        assert "[zygote]" in " ".join(zygote.cmdline()) or zygote.name(), zygote
+        neurons = [p.pid for p in zygote.children()]
+        assert len(neurons) == 3  # one agent per node: the hidden layer's three neurons
+        agent.kill()
+        # the zygote's lifeline: the agent's neurons end with it
+        wait_for(lambda: not any(psutil.pid_exists(p) for p in neurons), timeout=60)
+    finally:
+        err = finish(proc)
+    assert proc.returncode == 0, err
+    run = run_dir(tmp_path)
+    coordinator_log = (run / "neurons" / "coordinator.log").read_text()
+    for i in range(3):
+        assert re.search(rf"hidden1\.{i} restarted \(pid \d+\) from update \d+", coordinator_log)
+    (agent_log,) = [p for p in (run / "neurons").glob("agent-*.log") if "started hidden1.1 " in p.read_text()]
+    assert len(re.findall(r"agent pid=\d+", agent_log.read_text())) == 2, agent_log.read_text()
+    assert '"status": "completed"' in (run / "summary.json").read_text()
+
+
+@pytest.fixture
+def three_nodes():
+    """A head (inputs, output), a node for the hidden layer and a spare, on 127.0.0.1."""
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    nodes = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "resources": {"head": 1}, "include_dashboard": False},
+    )
+    hidden = nodes.add_node(num_cpus=1, resources={"second": 1})
+    spare = nodes.add_node(num_cpus=1, resources={"spare": 1})
+    yield nodes, hidden, spare
+    session = nodes.head_node.get_session_dir_path()
+    nodes.shutdown()
+    wait_for(lambda: not [p for p in me.children(recursive=True) if p.pid not in before], timeout=30)
+    remove_sessions({session})
+
+
+def test_a_lost_node_s_neurons_come_back_on_the_spare_node(tmp_path, three_nodes):
+    nodes, hidden, spare = three_nodes
+    config = ray_config(nodes, training={"learning_rate": 0.5, "epochs": 400})
+    config["placement"]["fallback"] = ["spare"]
+    config["runtime"]["checkpoint_every"] = 20
+    proc = start_learn(write_config(tmp_path, config))
+    try:
+        # the hidden neurons' checkpoints reach the run directory on the driver's host
+        home = wait_for(lambda: next((tmp_path / "runs").glob("xor-*/checkpoints"), None), timeout=240)
+        first = f"hidden1.2.{0:012d}.ckpt"  # the initial cut, written at home by the driver
+        wait_for(lambda: [p for p in home.glob("hidden1.2.*.ckpt") if p.name != first], timeout=120)
+        nodes.remove_node(hidden, allow_graceful=False)
+    finally:
+        err = finish(proc, timeout=360)
+    assert proc.returncode == 0, err
+    run = run_dir(tmp_path)
+    supervisor_log = (run / "neurons" / "supervisor.log").read_text()
+    assert re.search(r"node \w+ \([\d.]+\) lost with agent-\w+ \(3 neurons\)", supervisor_log)
+    moved = re.search(
+        r"moving hidden1\.0, hidden1\.1, hidden1\.2 to node (\w+) .*: restored from their checkpoints at "
+        r"update [\d-]+; the network is at update \d+: \d+ updates lost",
+        supervisor_log,
+    )
+    assert moved, supervisor_log
+    assert spare.node_id.startswith(moved[1])
+    placed = dict(re.findall(r"neuron (\S+) ran on node (\w+)", supervisor_log))
+    assert {placed[f"hidden1.{i}"] for i in range(3)} == {spare.node_id}, placed
+    coordinator_log = (run / "neurons" / "coordinator.log").read_text()
+    assert re.search(
+        r"hidden1\.0 restarted \(pid \d+\) from update \d+: \d+ updates lost, endpoints moved",
+        coordinator_log,
+    )
     assert '"status": "completed"' in (run / "summary.json").read_text()
     assert not (Path(tempfile.gettempdir()) / "exmachina-ray").exists()
 

@@ -25,6 +25,7 @@ from exmachina.config import Config, ConfigError, load_config
 from exmachina.data import datasets
 from exmachina.data.datasets import DatasetError
 from exmachina.launch import capacity, placement
+from exmachina.launch.children import NEURON_PRELOAD, neuron_children
 from exmachina.launch.memory import PeakMemory
 from exmachina.model import learning, topology
 from exmachina.model import parameters as parameters_module
@@ -33,7 +34,6 @@ from exmachina.model.topology import COORDINATOR, NeuronSpec
 from exmachina.network import coordinator as coordinator_module
 from exmachina.network import curve, transport
 from exmachina.network.coordinator import NO_SPACE, NO_SPACE_EXIT, Position, all_finite, coordinate
-from exmachina.network.neuron import serve
 from exmachina.rundir import checkpoints
 from exmachina.rundir.directory import RunDir, Site, resolve
 from exmachina.rundir.logs import Log, close_log, open_log
@@ -213,7 +213,7 @@ def _learn(
     children = child_specs(config, site, [] if on_ray else specs, (train, holdout), position, keys)
     (run.path / coordinator_module.ADDRESS_FILE).unlink(missing_ok=True)  # a resumed run's, stale
     log = open_log("supervisor", run.log("supervisor"), rt.log_level, rt.log_max_bytes, rt.log_backups)
-    actors = placement.RayNeurons(config, site, specs, log) if on_ray else None
+    actors = placement.RayAgents(config, site, specs, run, log) if on_ray else None
     sup = _supervisor(children, config, log)
     verb = f"resuming at update {updates}" if resumption else "run directory"
     hello = f"exmachina: {len(specs)} neurons + coordinator, {verb} {run.path}"
@@ -264,12 +264,7 @@ def _supervisor(children: list[ChildSpec], config: Config, log: Log) -> Supervis
         intensity=rt.max_restarts,
         period=rt.restart_period,
         auto_shutdown="any_significant",
-        preload=[
-            "exmachina.network.neuron",
-            "exmachina.network.coordinator",
-            "psutil",
-            "exmachina.network.rehearsal:rehearse",
-        ],
+        preload=NEURON_PRELOAD,
         on_event=lambda e: _log_event(log, e),
         subreaper=True,  # a killed zygote's children come to this process, which reads how they exit
     )
@@ -298,7 +293,7 @@ class _Ending:
 
 def _supervise(
     sup: Supervisor,
-    actors: placement.RayNeurons | None,
+    actors: placement.RayAgents | None,
     keys: dict[str, curve.Keypair] | None,
     run: RunDir,
     log: Log,
@@ -320,7 +315,7 @@ def _supervise(
     try:
         started()
         sup.start()
-        if actors is not None:  # a neuron Ray gave up on stops the run, as too many restarts do here
+        if actors is not None:  # a node that cannot go on stops the run, as too many restarts do here
             try:
                 bound = coordinator_module.await_address(str(run.path))
             except TimeoutError as exc:  # the coordinator died before it bound: its exit ends the run
@@ -328,12 +323,12 @@ def _supervise(
                 sup.request_stop()
             else:
                 actors.site = dataclasses.replace(actors.site, coordinator=bound)
-                actors.start(keys, on_failure=lambda nid: sup.request_stop())
+                actors.start(keys, on_failure=sup.request_stop)
         memory.start()
         outcome = sup.run()
     finally:
         if actors is not None:
-            actors.stop(run)
+            actors.stop()
         sup.stop()
         memory.stop()
         for s, handler in previous.items():
@@ -372,7 +367,7 @@ def _summarize(config: Config, run: RunDir, ending: _Ending, processes: int) -> 
 
 
 def _exit_code(
-    config: Config, run: RunDir, ending: _Ending, actors: placement.RayNeurons | None, summary: dict
+    config: Config, run: RunDir, ending: _Ending, actors: placement.RayAgents | None, summary: dict
 ) -> int:
     """The exit code, with a line on stderr saying how to resume a run that failed."""
     rt = config.runtime
@@ -390,11 +385,9 @@ def _exit_code(
             file=sys.stderr,
         )
         return EXIT_FAILED
-    if actors is not None and actors.failed:
+    if actors is not None and actors.failure:
         print(
-            f"exmachina: Ray could not keep neuron {actors.failed[0]} alive (placement.max_restarts "
-            f"{config.placement.max_restarts}): run stopped; resume with: exmachina learn --resume "
-            f"{run.path}",
+            f"exmachina: {actors.failure}: run stopped; resume with: exmachina learn --resume {run.path}",
             file=sys.stderr,
         )
         return EXIT_FAILED
@@ -467,24 +460,6 @@ def child_specs(
         )
     )
     return children
-
-
-def neuron_children(
-    specs: list[NeuronSpec], site: Site, keys: dict[str, curve.Keypair] | None = None
-) -> list[ChildSpec]:
-    """One permanent child per neuron, each handed its own CURVE keypair (if any) and no other's."""
-    keys = keys or {}
-    return [
-        ChildSpec(
-            id=s.id,
-            target=coordinator_module.serve_neuron if site.transport == "tcp" else serve,
-            args=(s, site, keys.get(s.id)),
-            restart="permanent",
-            shutdown=5.0,
-            title=f"exmachina: neuron {s.id}",
-        )
-        for s in specs
-    ]
 
 
 def _model_from_checkpoints(config: Config, run: RunDir) -> int | None:

@@ -1,42 +1,48 @@
-"""Neurons on several hosts: each neuron a Ray actor, pinned to a node by a custom resource label.
+"""Neurons on several hosts: one host agent per Ray node, each our own supervisor there.
 
-Ray places the processes and keeps them alive (an actor whose process dies is restarted and its
-`serve` call retried, so the neuron comes back from its checkpoint and says HELLO again, exactly like
-a local restart). Ray carries no synapse traffic: neurons bind `tcp://` on their own node's address
-and talk to each other directly over ZeroMQ, with CURVE, as they do on one host.
+The driver (`exmachina learn`'s supervisor, which keeps the coordinator as a local child) joins the
+cluster, deals the neurons to nodes by their labels (a node is named by a custom resource its `ray
+start --resources` declares) and starts one `HostAgent` actor on each node that holds neurons, pinned
+to it. The agent forks and supervises that node's neurons; see `agent.py`. Ray carries no synapse
+traffic, only the agents' start, their files and their stop.
 
-A neuron on Ray keeps its log and checkpoints in a directory local to its node (the run directory
-may not exist there); when the run ends the driver fetches them into the run directory, so
-`exmachina logs` and `inspect` read a Ray run like any other.
+Three kinds of failure, three owners:
+- a neuron dies: its agent restarts it from its checkpoint on that node, as a local run does;
+- an agent dies: its neurons end with it, Ray starts the agent again (`placement.max_restarts`) and
+  it starts them again from their checkpoints;
+- a node is lost (its raylet and every process on it gone): the driver moves that node's neurons to
+  a surviving node (`placement.fallback` labels, or the one holding the fewest neurons), with the
+  checkpoints it keeps of them in the run directory (fetched every second), so at most
+  `checkpoint_every` updates and a second are lost; the coordinator wires them in and replays. When
+  no node can take them, the run stops, and `--resume` takes it up on any cluster.
 
-Ray is an optional extra (`pip install exmachina[ray]`): only this module imports it.
+Ray is an optional extra (`pip install exmachina[ray]`): only this module and `agent.py` import it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import os
-import signal
+import json
 import socket
-import tempfile
 import threading
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from exmachina.config import Config
+from exmachina.model import topology
 from exmachina.model.topology import NeuronSpec
 from exmachina.network import curve
+from exmachina.rundir import checkpoints
 from exmachina.rundir.directory import RunDir, Site
 from exmachina.rundir.logs import Log
 
-# A neuron asks for this much of its node's label: a node declaring {"a": 1} holds 10,000 neurons.
-LABEL_SHARE = 0.0001
-STOP_WAIT_S = 30.0
+SYNC_INTERVAL_S = 1.0  # how often the driver fetches the agents' new checkpoints and log lines
+CALL_TIMEOUT_S = 30.0
 
 
 class PlacementError(RuntimeError):
-    """Ray is missing, or the cluster cannot be joined."""
+    """Ray is missing, or the cluster cannot be joined or cannot hold the placement."""
 
 
 def ray_module():
@@ -50,8 +56,8 @@ def ray_module():
 
 
 def join(config: Config) -> str:
-    """Connect this process to the cluster as its driver; returns this node's address, where the
-    coordinator binds."""
+    """Connect this process to the cluster as its driver and check that every label the placement
+    names is a node's; returns this node's address, where the coordinator binds."""
     ray = ray_module()
     _reachable(config.placement.address)
     try:
@@ -63,6 +69,14 @@ def join(config: Config) -> str:
         )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise PlacementError(f"placement.address {config.placement.address!r}: {exc}") from None
+    alive = alive_nodes()
+    for label in sorted({label for label in labels(config).values() if label is not None}):
+        if not any(label in node.labels for node in alive):
+            ray.shutdown()
+            raise PlacementError(
+                f"{config.source}: placement: no node of the cluster at {config.placement.address} "
+                f"declares the label {label!r} (ray start --resources='{{\"{label}\": 1}}')"
+            )
     return ray.util.get_node_ip_address()
 
 
@@ -79,163 +93,247 @@ def _reachable(address: str, timeout: float = 5.0) -> None:
         raise PlacementError(f"placement.address {address!r}: no Ray cluster there ({exc})") from None
 
 
-def node_dir(node_id: str, run_name: str) -> Path:
-    """Where a neuron on this node keeps its log and checkpoints during the run."""
-    return Path(tempfile.gettempdir()) / "exmachina-ray" / node_id[:16] / run_name
+def labels(config: Config) -> dict[str, str | None]:
+    """Each neuron's node label (None: the driver's node), in placement order."""
+    names = [layer.name for layer in config.network.layers]
+    ids = [(nid, name) for i, name in enumerate(names) for nid in topology.layer_ids(config, i)]
+    return {nid: config.placement.node_of(nid, name, k) for k, (nid, name) in enumerate(ids)}
 
 
-def _owned(root: Path, nid: str) -> list[Path]:
-    """A neuron's own files under a run-shaped directory: its logs and its checkpoints."""
-    return [*root.glob(f"neurons/{nid}.log*"), *root.glob(f"checkpoints/{nid}.*.ckpt")]
+@dataclass(frozen=True)
+class Node:
+    id: str
+    ip: str
+    labels: frozenset[str]
+
+    def __str__(self) -> str:
+        return f"{self.id[:12]} ({self.ip})"
 
 
-class NeuronActor:
-    """The Ray actor around one neuron process. `serve` runs the neuron until it is told to stop;
-    `stop` may arrive meanwhile (two calls at once: max_concurrency 2)."""
-
-    def __init__(self, spec: NeuronSpec, site: Site, keys: curve.Keypair | None) -> None:
-        import ray
-
-        self.spec, self.keys = spec, keys
-        node = ray.get_runtime_context().get_node_id()
-        self.local = node_dir(node, Path(site.run_dir).name)
-        (self.local / "neurons").mkdir(parents=True, exist_ok=True)
-        self.site = dataclasses.replace(site, place=ray.util.get_node_ip_address(), run_dir=str(self.local))
-        self.process = None
-
-    def serve(self) -> str:
-        from exmachina.network.neuron import serve
-
-        serve(self.spec, self.site, self.keys, started=self._started)
-        return self.spec.id
-
-    def _started(self, process) -> None:
-        self.process = process
-
-    def stop(self) -> None:
-        """Ask the neuron to stop as SIGTERM would (it looks between messages, at least each second)."""
-        if self.process is not None:
-            self.process.stop_signal.append(signal.SIGTERM)
-
-    def where(self) -> dict:
-        import ray
-
-        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "ip": self.site.place}
-
-    def files(self) -> dict[str, bytes]:
-        """This neuron's log and checkpoints, by path relative to the run directory; then forgets
-        them here, so a node keeps nothing of a finished run."""
-        owned = _owned(self.local, self.spec.id)
-        found = {str(p.relative_to(self.local)): p.read_bytes() for p in owned}
-        for path in owned:
-            path.unlink(missing_ok=True)
-        return found
-
-    def tidy(self) -> None:
-        """Remove the run's folders on this node once every neuron's files are fetched (and the
-        shared parents, if no other run uses them)."""
-        for folder in (
-            self.local / "neurons",
-            self.local / "checkpoints",
-            self.local,
-            *self.local.parents[:2],
-        ):
-            with contextlib.suppress(OSError):  # not empty: another run's, or a stranger's file
-                folder.rmdir()
+def alive_nodes() -> list[Node]:
+    ray = ray_module()
+    return [
+        Node(n["NodeID"], n["NodeManagerAddress"], frozenset(n.get("Resources", {})))
+        for n in ray.nodes()
+        if n.get("Alive")
+    ]
 
 
-class RayNeurons:
-    """The run's neurons as actors: started in placement order, watched, stopped, their files
-    fetched. The local supervisor still runs the coordinator."""
+@dataclass
+class Agent:
+    """The driver's record of one host agent."""
 
-    def __init__(self, config: Config, site: Site, specs: list[NeuronSpec], log: Log) -> None:
-        self.config, self.site, self.specs, self.log = config, site, specs, log
-        self.actors: dict[str, Any] = {}  # Ray actor handles
-        self.serving: dict[object, str] = {}  # serve() reference -> neuron id
-        self.failed: list[str] = []
+    name: str
+    node: Node
+    specs: list[NeuronSpec]
+    actor: Any  # the Ray actor handle
+    running: Any  # the reference of its run() call
+
+
+class RayAgents:
+    """The run's host agents: started one per node, watched, their files kept in the run directory,
+    a lost node's neurons moved, all stopped at the end."""
+
+    def __init__(self, config: Config, site: Site, specs: list[NeuronSpec], run: RunDir, log: Log) -> None:
+        self.config, self.site, self.specs, self.run, self.log = config, site, specs, run, log
+        self.agents: list[Agent] = []
+        self.failure: str | None = None  # why the run cannot go on, once it cannot
+        self.held: dict[str, int] = {}  # what the run directory holds of the agents' files: bytes
+        self._keys: dict[str, curve.Keypair] = {}
+        self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._on_failure: Callable[[], None] = lambda: None
 
-    def start(self, keys: dict[str, curve.Keypair] | None, on_failure) -> None:
+    # -- start ----------------------------------------------------------------------------------
+
+    def start(self, keys: dict[str, curve.Keypair] | None, on_failure: Callable[[], None]) -> None:
         ray = ray_module()
-        actor_class = ray.remote(NeuronActor)
-        p, names = self.config.placement, [layer.name for layer in self.config.network.layers]
-        for k, spec in enumerate(self.specs):
-            node = p.node_of(spec.id, names[spec.layer], k)
-            options: dict[str, Any] = {
-                "num_cpus": 0,
-                "max_restarts": p.max_restarts,
-                "max_task_retries": -1,  # serve() is retried on the restarted actor
-                "max_concurrency": 2,  # stop() can reach a neuron that is serving
-            }
-            if node is not None:
-                options["resources"] = {node: LABEL_SHARE}
-            actor = actor_class.options(**options).remote(spec, self.site, (keys or {}).get(spec.id))
-            self.actors[spec.id] = actor
-            self.serving[actor.serve.remote()] = spec.id
-            self.log.info("neuron %s: actor requested on node %s", spec.id, node or "(any)")
-        self._watcher = threading.Thread(target=self._watch, args=(on_failure,), daemon=True)
+        self._keys, self._on_failure = keys or {}, on_failure
+        here = ray.get_runtime_context().get_node_id()
+        alive = alive_nodes()
+        by_node: dict[Node, list[NeuronSpec]] = {}
+        label_of = labels(self.config)
+        for spec in self.specs:
+            label = label_of[spec.id]
+            node = next(n for n in alive if (n.id == here if label is None else label in n.labels))
+            by_node.setdefault(node, []).append(spec)
+        for node, specs in by_node.items():
+            self._start_agent(node, specs)
+        self._watcher = threading.Thread(target=self._watch, name="agents", daemon=True)
         self._watcher.start()
 
-    def _watch(self, on_failure) -> None:
-        """A serve() that ends in an error means Ray gave up restarting that actor: like a local
-        supervisor's intensity exceeded, the run stops."""
+    def _start_agent(self, node: Node, specs: list[NeuronSpec], seed: dict | None = None) -> Agent:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from exmachina.launch.agent import HostAgent
+
         ray = ray_module()
-        pending = list(self.serving)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+        rt = self.config.runtime
+        name = f"agent-{node.id[:8]}" + (
+            f"-{len(self.agents)}" if any(a.node == node for a in self.agents) else ""
+        )
+        actor = (
+            ray.remote(HostAgent)
+            .options(
+                num_cpus=0,
+                max_restarts=self.config.placement.max_restarts,
+                max_task_retries=-1,  # run() goes on in the restarted agent
+                max_concurrency=4,  # sync() and stop() reach an agent that is running
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node.id, soft=False),
+            )
+            .remote(
+                name,
+                specs,
+                self.site,
+                {s.id: self._keys[s.id] for s in specs if s.id in self._keys},
+                (rt.max_restarts, rt.restart_period),
+                seed,
+            )
+        )
+        agent = Agent(name, node, specs, actor, actor.run.remote())
+        self.agents.append(agent)
+        self.log.info("%s: %d neurons on node %s: %s", name, len(specs), node, _some([s.id for s in specs]))
+        return agent
+
+    # -- watch ----------------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Each second: fetch what the agents wrote; handle an agent whose run() ended."""
+        ray = ray_module()
+        while not self._stopping.is_set() and self.failure is None:
+            running = {a.running: a for a in self.agents}
+            done, _ = ray.wait(list(running), num_returns=1, timeout=SYNC_INTERVAL_S)
+            if self._stopping.is_set():
+                return
             for ref in done:
-                nid = self.serving[ref]
-                try:
-                    ray.get(ref)
-                except Exception as exc:  # any way an actor can be lost
-                    self.failed.append(nid)
-                    self.log.error("neuron %s lost for good (%s)", nid, type(exc).__name__)
-                    on_failure(nid)
+                self._ended(running[ref])
+            for agent in list(self.agents):
+                self._sync(agent)
 
-    def _ask_all(self, method: str, timeout: float) -> dict[str, Any]:
-        """Call one method on every actor still in the run, all at once; the answers that came
-        within `timeout`, by neuron (an actor that never started holds up no other)."""
+    def _ended(self, agent: Agent) -> None:
+        """An agent's run() came back while the run goes on: its node was lost (move its neurons),
+        or its supervisor gave up (too many restarts), or Ray gave up restarting it."""
         ray = ray_module()
-        asked = {
-            getattr(actor, method).remote(): nid
-            for nid, actor in self.actors.items()
-            if nid not in self.failed
-        }
-        ready, _ = ray.wait(list(asked), num_returns=len(asked), timeout=timeout)
-        answers = {}
-        for ref in ready:
-            try:
-                answers[asked[ref]] = ray.get(ref)
-            except Exception:  # it died meanwhile
-                continue
-        missing = [nid for nid in asked.values() if nid not in answers]
-        if missing:
-            self.log.warning("%d neurons did not answer %s(): %s", len(missing), method, _some(missing))
-        return answers
+        self.agents.remove(agent)
+        try:
+            reason = ray.get(agent.running)
+        except Exception as exc:  # any way an actor can be lost
+            if any(n.id == agent.node.id for n in alive_nodes()):
+                self._fail(
+                    f"Ray could not keep {agent.name} on node {agent.node} alive (placement.max_restarts "
+                    f"{self.config.placement.max_restarts}; {type(exc).__name__})"
+                )
+            else:
+                self._move(agent)
+            return
+        self._fail(f"{agent.name} on node {agent.node} stopped its neurons: {reason}")
 
-    def stop(self, run: RunDir) -> None:
-        """Stop every neuron still serving, fetch each one's files into the run directory, then
-        release the actors. The supervisor's log says where each neuron ran."""
+    def _fail(self, why: str) -> None:
+        self.failure = why
+        self.log.error("%s", why)
+        self._on_failure()
+
+    def _move(self, lost: Agent) -> None:
+        """Start the lost node's neurons on a surviving node, from what the run directory holds."""
+        ids = [s.id for s in lost.specs]
+        self.log.warning("node %s lost with %s (%d neurons)", lost.node, lost.name, len(ids))
+        target = self._fallback(lost.node)
+        if target is None:
+            wanted = ", ".join(self.config.placement.fallback) or "any node"
+            self._fail(f"node {lost.node} was lost and no surviving node can take its neurons ({wanted})")
+            return
+        seed = self._home_files(ids)
+        cut = {nid: max(checkpoints.counts(self.run.path, nid), default=0) for nid in ids}
+        network = self._network_updates()
+        restored = min(cut.values())
+        self.log.warning(
+            "moving %s to node %s: restored from their checkpoints at update %s; the network is at "
+            "update %s: %s updates lost",
+            _some(ids),
+            target,
+            restored if len(set(cut.values())) == 1 else f"{restored}-{max(cut.values())}",
+            network if network is not None else "?",
+            network - restored if network is not None else "?",
+        )
+        self._start_agent(target, lost.specs, seed)
+
+    def _fallback(self, lost: Node) -> Node | None:
+        """Where a lost node's neurons go: the first surviving node with a `placement.fallback`
+        label, or without any, the surviving node that holds the fewest neurons."""
+        survivors = [n for n in alive_nodes() if n.id != lost.id]
+        wanted = self.config.placement.fallback
+        if wanted:
+            return next((n for label in wanted for n in survivors if label in n.labels), None)
+        if not survivors:
+            return None
+        load = {n.id: sum(len(a.specs) for a in self.agents if a.node.id == n.id) for n in survivors}
+        return min(survivors, key=lambda n: load[n.id])
+
+    def _home_files(self, ids: list[str]) -> dict[str, tuple[int, bytes]]:
+        """The run directory's copies of these neurons' checkpoints and logs, to seed a new node."""
+        found = {}
+        for nid in ids:
+            for path in [
+                *self.run.path.glob(f"checkpoints/{nid}.*.ckpt"),
+                *self.run.path.glob(f"neurons/{nid}.log*"),
+            ]:
+                found[str(path.relative_to(self.run.path))] = (0, path.read_bytes())
+        return found
+
+    def _network_updates(self) -> int | None:
+        """The updates the coordinator last reported (stats.json), or None if it has not yet."""
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            return int(json.loads(self.run.stats.read_text())["coordinator"]["updates"])
+        return None
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def _sync(self, agent: Agent, timeout: float = CALL_TIMEOUT_S) -> None:
+        """Bring the agent's new checkpoints and log lines into the run directory, and drop the
+        checkpoints its neurons pruned."""
         ray = ray_module()
-        for nid, at in self._ask_all("where", timeout=10.0).items():
-            self.log.info("neuron %s ran on node %s (%s) pid %d", nid, at["node"], at["ip"], at["pid"])
-        for nid, actor in self.actors.items():
-            if nid not in self.failed:
-                actor.stop.remote()
-        ray.wait(list(self.serving), num_returns=len(self.serving), timeout=STOP_WAIT_S)
-        fetched = 0
-        for files in self._ask_all("files", timeout=STOP_WAIT_S).values():
-            for name, data in files.items():
-                target = run.path / name
-                target.parent.mkdir(exist_ok=True)
-                target.write_bytes(data)
-                fetched += 1
-        self._ask_all("tidy", timeout=STOP_WAIT_S)
-        self.log.info("fetched %d files from %d neurons' nodes", fetched, len(self.actors))
-        for actor in self.actors.values():
-            ray.kill(actor, no_restart=True)
+        try:
+            missing, kept = ray.get(agent.actor.sync.remote(self.held), timeout=timeout)
+        except Exception as exc:  # restarting, lost, or slow: the next round asks again
+            self.log.debug("%s: no files this round (%s)", agent.name, type(exc).__name__)
+            return
+        for name, (offset, data) in missing.items():
+            target = self.run.path / name
+            if offset == 0:
+                checkpoints.write_atomic(target.with_name(f".{target.name}.tmp"), target, data)
+                self.held[name] = len(data)
+            else:
+                with target.open("ab") as f:
+                    f.write(data)
+                self.held[name] = offset + len(data)
+        owned = {s.id for s in agent.specs}
+        for name in [n for n in self.held if n.startswith("checkpoints/") and n not in kept]:
+            if name.removeprefix("checkpoints/").split(".ckpt")[0].rsplit(".", 1)[0] in owned:
+                (self.run.path / name).unlink(missing_ok=True)
+                del self.held[name]
+
+    # -- stop -----------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop every agent (and so every neuron), bring their files home, release the actors. The
+        supervisor's log says where each neuron ran."""
+        ray = ray_module()
+        self._stopping.set()
         if self._watcher is not None:
-            self._watcher.join(timeout=5)
+            self._watcher.join(timeout=CALL_TIMEOUT_S)
+        for agent in self.agents:
+            with contextlib.suppress(Exception):
+                at = ray.get(agent.actor.where.remote(), timeout=10.0)
+                for nid, pid in at["neurons"].items():
+                    self.log.info("neuron %s ran on node %s (%s) pid %s", nid, at["node"], at["ip"], pid)
+            agent.actor.stop.remote()
+        ray.wait([a.running for a in self.agents], num_returns=len(self.agents), timeout=CALL_TIMEOUT_S)
+        for agent in self.agents:
+            self._sync(agent)
+            with contextlib.suppress(Exception):
+                ray.get(agent.actor.forget.remote(), timeout=10.0)
+            ray.kill(agent.actor, no_restart=True)
+        self.log.info("%d files of %d agents kept in the run directory", len(self.held), len(self.agents))
         ray.shutdown()
 
 

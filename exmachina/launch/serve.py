@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from exmachina.config import Config, ConfigError
+from exmachina.launch.children import neuron_children
 from exmachina.launch.learn import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -26,7 +27,6 @@ from exmachina.launch.learn import (
     _log_event,
     _set_title,
     _supervise,
-    neuron_children,
 )
 from exmachina.model import topology
 from exmachina.model.parameters import Parameters
