@@ -58,6 +58,8 @@ class TrainingConfig:
     stall_timeout: float = 30.0  # seconds without progress before a sample counts as lost
     batch_size: int = 1  # samples per synapse message; weights move by the batch mean (1: online)
     max_in_flight: int = 1  # batches in the network at once; 1 is exact SGD, more is pipelined
+    # how a group of batches in flight moves the weights: each batch in turn, or once by their mean
+    in_flight_step: Literal["each", "once"] = "each"
     optimizer: Optimizer = field(default_factory=Optimizer)  # or just its name: `optimizer: adam`
     schedule: Schedule = field(default_factory=Schedule)  # the rate of each update; or its name
     # a NaN or infinite loss or weight: stop the run (exit 1, the last finite model kept), or ignore it

@@ -177,6 +177,30 @@ def test_k_samples_in_flight_learn_what_mini_batches_of_k_learn_at_k_times_the_r
     assert_same_parameters(trained, reference.p)
 
 
+def test_a_group_in_flight_stepping_once_learns_what_the_reference_groups_learn(tmp_path):
+    """in_flight_step: once. Three in flight (XOR's 4 rows: groups of 3 and 1) move every weight
+    once per group by the group's mean gradient, through Adam, with a warm-up counted in samples:
+    the reference's `group` of 3, update by update."""
+    k, epochs = 3, 150
+    optimizer = {"name": "adam", "beta1": 0.5, "beta2": 0.8}
+    training = {"learning_rate": 0.05, "epochs": epochs, "max_in_flight": k, "in_flight_step": "once"}
+    schedule = {"name": "constant", "warmup": 40}
+    path = write_config(
+        tmp_path, xor_config(training={**training, "optimizer": optimizer, "schedule": schedule})
+    )
+    result = run_learn(path)
+    assert result.returncode == 0, result.stderr
+    config = load_config(path)
+    t = config.training
+    reference = Reference(parameters.initial(config), t.loss, t.learning_rate, t.optimizer, t.schedule)
+    data = datasets.load(config)
+    for epoch in range(epochs):
+        reference.train_epoch(data, epoch, config.seed, t.shuffle, group=k)
+    assert reference.updates == 4 * epochs
+    trained = Parameters.load(next((tmp_path / "runs").glob("xor-*")) / "model.npz")
+    assert_same_parameters(trained, reference.p)
+
+
 def test_reference_learns_xor():
     from exmachina.config import config_from_dict
     from tests.helpers import xor_config as make

@@ -188,7 +188,9 @@ def ctx():
     context.destroy(linger=0)
 
 
-def hidden_neuron(ctx: zmq.Context, optimizer: Optimizer, schedule: Schedule, tag: str) -> Neuron:
+def hidden_neuron(
+    ctx: zmq.Context, optimizer: Optimizer, schedule: Schedule, tag: str, step_once: bool = False
+) -> Neuron:
     """hidden.1 of a 2-3-2 network: two input synapses, two output synapses, a learned bias; every
     link a PUSH to a PULL of this test (kept on the neuron, so that they live as long as it)."""
     layers = [
@@ -201,7 +203,10 @@ def hidden_neuron(ctx: zmq.Context, optimizer: Optimizer, schedule: Schedule, ta
     )
     spec = next(s for s in topology.neurons(config, parameters.initial(config)) if s.id == "hidden.1")
     neuron = Neuron(
-        topology.NeuronSpec(**{**spec.__dict__, "optimizer": optimizer, "schedule": schedule}), QUIET
+        topology.NeuronSpec(
+            **{**spec.__dict__, "optimizer": optimizer, "schedule": schedule, "step_once": step_once}
+        ),
+        QUIET,
     )
     neuron.pulls = []
     for side, count in (("down", 2), ("up", 2)):
@@ -253,6 +258,28 @@ def test_a_neuron_steps_its_axon_and_bias_by_adam_at_the_scheduled_rate(ctx):
         np.testing.assert_allclose(neuron.axon.weights, w, rtol=0, atol=1e-14)
         assert float(neuron.bias) == pytest.approx(b, abs=1e-14)
     assert neuron.updates == 3
+
+
+def test_a_group_stepping_once_moves_the_weights_by_its_mean_gradient(ctx):
+    """in_flight_step: once. Two samples in flight (batches of 3) step Adam once by the mean of
+    their six columns, at the rate of count 0, with the bias correction of count 2."""
+    neuron = hidden_neuron(ctx, ADAM, Schedule("step", warmup=2, every=1, gamma=0.5), "once", True)
+    w, b = neuron.spec.axon.copy(), float(neuron.spec.bias)
+    (x1, e1), (x2, e2) = SAMPLES[:2]
+    x, errors = np.concatenate([x1, x2]), np.concatenate([e1, e2], axis=1)
+    neuron.on_activities(wire.FORWARD, [7, 8], 0, wire.payload(x - 0.25))
+    neuron.on_activities(wire.FORWARD, [7, 8], 1, wire.payload(np.full(len(x), 0.25)))
+    assert neuron.on_errors([7, 8], 1, wire.payload(errors[1])) == 0
+    assert neuron.on_errors([7, 8], 0, wire.payload(errors[0])) == 2
+    net = x + b
+    g_w = errors @ np.tanh(net) / len(x)
+    g_b = ((1 - np.tanh(net) ** 2) * (w @ errors)).mean()
+    c1, c2, rate = 1 - 0.9**2, 1 - 0.999**2, 0.15  # the warm-up's first rate
+    w = w - rate * (0.1 * g_w / c1) / (np.sqrt(0.001 * g_w**2 / c2) + 1e-8)
+    b = b - rate * (0.1 * g_b / c1) / (math.sqrt(0.001 * g_b**2 / c2) + 1e-8)
+    np.testing.assert_allclose(neuron.axon.weights, w, rtol=0, atol=1e-14)
+    assert float(neuron.bias) == pytest.approx(b, abs=1e-14)
+    assert neuron.updates == 2
 
 
 @pytest.mark.parametrize("optimizer", [Optimizer("nesterov", momentum=0.9), ADAM])

@@ -8,6 +8,14 @@ from exmachina.data import SEMEION_DATA
 
 SEMEION = SEMEION_DATA  # the digits that ship with the package; --semeion names another copy
 
+# How the pipelined accuracy row learns: each group of K in flight moves the weights once by its
+# mean gradient, through Adam (`in_flight_step: once`); 256-8-10's online lr 2 stays as it is.
+PIPELINED_TRAINING = {
+    "in_flight_step": "once",
+    "learning_rate": 0.04,
+    "optimizer": {"name": "adam", "beta1": 0.5, "beta2": 0.8},
+}
+
 
 @dataclass(frozen=True)
 class Profile:

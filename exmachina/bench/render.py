@@ -7,6 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from exmachina.bench.profiles import PIPELINED_TRAINING
+
 FAILED = "[red]failed[/]"  # the reasons are listed under the tables
 
 
@@ -160,9 +162,12 @@ def _accuracy_line(accuracy: dict) -> str:
     else:
         held, gap = 100 * row["holdout_accuracy"], 100 * (row["holdout_accuracy"] - online)
         pipelined = f"{held:.1f}% ({gap:+.1f} points, {_rate(row['samples_per_s'])} samples/s)"
+    reference = accuracy.get("pipelined_reference")
+    same = "" if reference is None else f", the reference {100 * reference:.1f}%"
     return (
         f"held-out accuracy after {epochs} epochs, 256-8-10 online lr 2: online (reference, equal to "
-        f"the exact network) {100 * online:.1f}%;  K={k} in flight (process network) {pipelined}"
+        f"the exact network) {100 * online:.1f}%;  K={k} in flight, one Adam step a group, lr "
+        f"{PIPELINED_TRAINING['learning_rate']} (process network) {pipelined}{same}"
     )
 
 

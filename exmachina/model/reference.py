@@ -75,11 +75,13 @@ class Reference:
         """Outputs, one row per row of `inputs`."""
         return self.forward(np.atleast_2d(inputs).T)[1][-1].T
 
-    def train_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One update on a batch (rows are samples); returns (loss per sample, outputs by row)."""
+    def train_batch(self, x: np.ndarray, y: np.ndarray, counts: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """One update on a batch (rows are samples); returns (loss per sample, outputs by row).
+        `counts`: the updates it stands for (a group of batches in flight stepping once), by which
+        the count goes on, at the rate of the first."""
         nets, acts = self.forward(x.T)
         lr, last = rate_at(self.schedule, self.learning_rate, self.updates), len(acts) - 1
-        self.updates += 1
+        self.updates += counts
         opt, step = self.optimizer, self.updates
         output = acts[last]
         downstream = self.loss.grad(output, y.T)
@@ -96,14 +98,17 @@ class Reference:
         return self.loss.value(output, y.T), output.T
 
     def train_epoch(
-        self, data: Dataset, epoch: int, seed: int, shuffle: bool = True, batch_size: int = 1
+        self, data: Dataset, epoch: int, seed: int, shuffle: bool = True, batch_size: int = 1, group: int = 1
     ) -> EpochResult:
+        """`group` > 1: that many batches at a time move the weights once by their mean gradient, as
+        the process network's groups in flight do with `in_flight_step: once`."""
         order = epoch_order(seed, epoch, len(data), shuffle)
         losses: list[float] = []
         outputs: list[np.ndarray] = []
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            loss, output = self.train_batch(data.inputs[rows], data.targets[rows])
+        for start in range(0, len(order), batch_size * group):
+            rows = order[start : start + batch_size * group]
+            counts = -(-len(rows) // batch_size)  # the batches in this group
+            loss, output = self.train_batch(data.inputs[rows], data.targets[rows], counts)
             losses.extend(loss)
             outputs.extend(output)
         return EpochResult(epoch, float(np.mean(losses)), accuracy(np.array(outputs), data.targets[order]))

@@ -37,6 +37,7 @@ class NeuronSpec:
     updates: int = 0  # the training count these weights stand at (non-zero when resuming)
     optimizer: Optimizer = SGD  # its moments live in the neuron, for its own axon and bias
     schedule: Schedule = CONSTANT  # the rate of each update, from the neuron's own update count
+    step_once: bool = False  # a group in flight moves the weights once, by its mean gradient
 
 
 def neuron_id(layer_name: str, index: int) -> str:
@@ -73,6 +74,7 @@ def neurons(config: Config, parameters: Parameters, updates: int = 0) -> list[Ne
                     updates=updates,
                     optimizer=config.training.optimizer,
                     schedule=config.training.schedule,
+                    step_once=config.training.in_flight_step == "once",
                 )
             )
     return specs

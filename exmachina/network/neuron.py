@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
 import numpy as np
@@ -251,28 +251,36 @@ class Neuron:
         deltas = [error(net, self.activation, sent_with, e) for (net, _, sent_with), e in zip(fired, parts)]
         delta = deltas[0] if len(deltas) == 1 else np.concatenate(deltas)
         self.sent += self.dendrites.send_back(key, delta, self.spec.index)  # 7. back to the inputs
-        for sample, (_, activity, _), e, d in zip(samples, fired, parts, deltas):
-            self._learn(sample, activity, e, d)
+        if self.spec.step_once:
+            self._learn(samples, np.concatenate([a for _, a, _ in fired]), errors, delta)
+        else:
+            for sample, (_, activity, _), e, d in zip(samples, fired, parts, deltas):
+                self._learn((sample,), activity, e, d)
         return len(samples)
 
-    def _learn(self, sample: int, activity: np.ndarray, errors: np.ndarray, delta: np.ndarray) -> None:
-        """One sample's update, as online: the group's samples each move the weights in turn."""
+    def _learn(
+        self, samples: Sequence[int], activity: np.ndarray, errors: np.ndarray, delta: np.ndarray
+    ) -> None:
+        """One update by the mean gradient of `samples`: one sample, as online (the group's samples
+        each move the weights in turn), or a whole group at once (`in_flight_step: once`). The count
+        goes on by one per sample either way; the rate is that of the first."""
         gradient = axon_gradient(activity, errors)  # 8. gradient of each outgoing weight
-        rate, step = rate_at(self.spec.schedule, self.spec.learning_rate, self.updates), self.updates + 1
+        rate = rate_at(self.spec.schedule, self.spec.learning_rate, self.updates)
+        self.updates += len(samples)
+        step = self.updates
         self.axon.learn(gradient, rate, step)  # 9. update the weights (and the bias)
         if self.spec.learn_bias:
             descend(self.bias, bias_gradient(delta), rate, self.spec.optimizer, self.bias_moments, step)
-        self.updates += 1
-        self.error_sum += _mean(delta, magnitude=True)
+        self.error_sum += len(samples) * _mean(delta, magnitude=True)
         if self.debug:
-            show = wire.show(delta)
-            self.log.debug(
-                "update sample=%d delta=%s bias=%.6g weights=%s",
-                sample,
-                show,
-                self.bias,
-                _fmt(self.axon.weights),
-            )
+            for sample, part in _per_sample(tuple(samples), delta):
+                self.log.debug(
+                    "update sample=%d delta=%s bias=%.6g weights=%s",
+                    sample,
+                    wire.show(part),
+                    self.bias,
+                    _fmt(self.axon.weights),
+                )
 
     def forget(self, sample: int) -> None:
         """Drop every trace of a sample that will never complete (it is being replayed)."""
