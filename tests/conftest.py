@@ -19,14 +19,19 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+# What supervises a neuron: the local supervisor, or a host agent on a Ray node (titled by Ray or by
+# itself), which a Ray cluster's raylet watches in turn.
+SUPERVISORS = (f"{TITLE} supervisor", f"{TITLE} agent", "ray::HostAgent")
+
+
 def _orphaned(pid: int) -> bool:
-    """No live `exmachina: supervisor` above it: nobody will ever stop this process."""
+    """No live supervisor or host agent above it: nobody will ever stop this process."""
     try:
         proc = psutil.Process(pid)
         if " ".join(proc.cmdline()).strip().startswith(f"{TITLE} supervisor"):
             return proc.ppid() == 1  # a supervisor is the top of its tree: orphaned if its parent is gone
         for parent in proc.parents():
-            if " ".join(parent.cmdline()).strip().startswith(f"{TITLE} supervisor"):
+            if " ".join(parent.cmdline()).strip().startswith(SUPERVISORS):
                 return False
     except psutil.Error:
         return False

@@ -18,6 +18,7 @@ from exmachina.bench.suite import SECTIONS, run_bench
 
 DEFAULT_OUT = Path("bench") / "results.json"
 SERVE_OUT = Path("bench") / "serve.json"
+RAY_OUT = Path("bench") / "ray.json"
 
 
 def _console() -> Console:
@@ -72,11 +73,19 @@ def main(argv: list[str] | None = None) -> int:
         help="only the serve rows: rows/s and latency of `exmachina serve` on 256-8-10 against Model.predict",
     )
     parser.add_argument(
+        "--ray",
+        action="store_true",
+        help="only the Ray rows: start-up, memory and samples/s on a two-node local cluster against local",
+    )
+    parser.add_argument("--ray-large", action="store_true", help="with --ray: a 2,000-neuron network too")
+    parser.add_argument(
         "--serve-seconds", type=float, default=3.0, help="seconds each serve row runs (default %(default)s)"
     )
     args = parser.parse_args(argv)
     if args.serve:
         return _serve(args)
+    if args.ray:
+        return _cluster(args)
     profile = QUICK if args.quick else FULL
     if args.startup is not None:
         profile = replace(profile, startup_sizes=args.startup)
@@ -105,3 +114,24 @@ def _serve(args: argparse.Namespace) -> int:
     console.print(f"results: {out}")
     wrong = sum(row["wrong"] for row in results["served"])
     return 1 if wrong or results["leaked_processes"] or results["socket_files_left"] else 0
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    """The Ray rows alone, written to --out (bench/ray.json unless named)."""
+    import tempfile
+
+    from exmachina.bench.cluster import render_cluster, run_cluster_bench
+    from exmachina.bench.machine import machine_info
+
+    signal.signal(signal.SIGTERM, _terminated)
+    out = RAY_OUT if args.out == DEFAULT_OUT else args.out
+    console = _console()
+    results = {"machine": machine_info()}
+    with tempfile.TemporaryDirectory(prefix="exmachina-bench-") as workdir:
+        say = lambda t: console.print(t, style="dim")  # noqa: E731
+        results |= run_cluster_bench(args.semeion, Path(workdir), args.ray_large, say)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    render_cluster(results, console)
+    console.print(f"results: {out}")
+    return 1 if any(row["status"] != "ok" for row in results["cluster"]) else 0
