@@ -1,5 +1,5 @@
-"""`exmachina view` and `exmachina report` on a real run: a Semeion subset trained by the process network,
-the page loaded in a real headless Chromium."""
+"""`exmachina view` and `exmachina report` on real runs: a Semeion subset (pictures) and XOR (values)
+trained by the process network, the page loaded in a real headless Chromium."""
 
 from __future__ import annotations
 
@@ -28,8 +28,17 @@ from exmachina.model.parameters import Parameters
 from exmachina.model.reference import Reference
 from exmachina.rundir.directory import RunDir, write_json
 from exmachina.tools import report, viewer
-from exmachina.tools.viewer import make_server, picture_shape, state
-from tests.helpers import run_learn, wait_for, write_config
+from exmachina.tools.viewer import (
+    CURVE_COLOURS,
+    PAGE,
+    WEIGHT_COLOURS,
+    make_server,
+    number,
+    picture_shape,
+    prediction_text,
+    state,
+)
+from tests.helpers import run_learn, wait_for, write_config, xor_config
 
 HIDDEN, PIXELS, CLASSES = 8, 256, 10
 PER_DIGIT = 3  # 30 rows: three of each digit (the file is sorted by digit: its first 30 rows are 0s and 1s)
@@ -87,17 +96,42 @@ def semeion(tmp_path_factory) -> tuple[RunDir, Path]:
     return RunDir((directory / "runs" / "latest").resolve()), config
 
 
+@pytest.fixture(scope="module")
+def xor(tmp_path_factory) -> RunDir:
+    """One XOR run of 2-3-1 for 60 epochs: inputs that are two values, not a picture."""
+    directory = tmp_path_factory.mktemp("xor")
+    config = write_config(
+        directory, xor_config(training={"epochs": 60}, runtime={"log_level": "warning", "snapshot_every": 10})
+    )
+    sockets = tmp_path_factory.mktemp("sock")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EXMACHINA_SOCKET_DIR", str(sockets))
+        result = run_learn(config, timeout=100)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not [p for p in sockets.rglob("*") if p.is_socket()], "socket files left behind"
+    return RunDir((directory / "runs" / "latest").resolve())
+
+
 @pytest.fixture
 def run(semeion) -> RunDir:
     return semeion[0]
 
 
-@pytest.fixture
-def scratch_run(run, tmp_path) -> RunDir:
+def copy_run(run: RunDir, directory: Path) -> RunDir:
     """A copy of the run (timestamps kept) that a test may overwrite."""
-    copy = tmp_path / run.path.name
+    copy = directory / run.path.name
     shutil.copytree(run.path, copy, ignore=shutil.ignore_patterns("neurons", "checkpoints"))
     return RunDir(copy)
+
+
+@pytest.fixture
+def scratch_run(run, tmp_path) -> RunDir:
+    return copy_run(run, tmp_path)
+
+
+@pytest.fixture
+def scratch_xor(xor, tmp_path) -> RunDir:
+    return copy_run(xor, tmp_path)
 
 
 @contextlib.contextmanager
@@ -169,6 +203,33 @@ def test_the_model_file_predicts_the_held_out_rows_as_the_process_network_did(se
     assert mean_loss == pytest.approx(summary["holdout_loss"], abs=1e-9)
 
 
+def test_an_xor_runs_state_carries_values_not_pictures(xor):
+    model = Parameters.load(xor.model)
+    with serving(xor) as server:
+        s = json.loads(get(server, "/api/state"))
+    [hidden] = s["pictures"]
+    assert hidden["inputs"] == 2 and hidden["shape"] is None and hidden["drawn"] == "bars"
+    for j, neuron in enumerate(hidden["neurons"]):
+        assert neuron["weights"] == model.axons[0][:, j].tolist()
+    recent = json.loads(xor.predictions.read_text())["recent"]
+    assert len(s["predictions"]) == len(recent) > 0
+    for p, raw in zip(s["predictions"], recent):
+        assert p["shape"] is None and p["input"] == raw["input"]
+        a, b = (int(v) for v in raw["input"])
+        assert p["text"] == f"{a}, {b} -> {raw['output'][0]:.2f} (target {raw['target']})"
+
+
+@pytest.mark.unit
+def test_the_page_draws_values_when_the_state_has_no_shape():
+    script = PAGE.split("<script>")[1]
+    assert "function drawBars(" in script and "function drawValues(" in script
+    assert re.search(
+        r"if \(layer\.shape\) \{.*\} else \{\s*canvas\.className = \"neuron bars\";", script, re.S
+    )
+    assert "if (p.shape) drawDigit(fig, p); else drawValues(fig, p);" in script
+    assert f"const WEIGHT_COLOURS = {json.dumps(WEIGHT_COLOURS)};" in script
+
+
 # -- the report ----------------------------------------------------------------------------------
 
 
@@ -197,6 +258,44 @@ def test_report_writes_the_pictures_as_png_files(scratch_run):
         pixels = matplotlib.image.imread(path)
         assert pixels.shape[0] > 200 and pixels.shape[1] > 400, (path, pixels.shape)
         assert pixels[..., :3].std() > 0.05, f"{path} is nearly blank"
+
+
+def test_report_draws_an_xor_runs_weights_as_bars_and_its_inputs_as_numbers(scratch_xor):
+    from matplotlib.colors import to_hex
+    from matplotlib.container import BarContainer
+    from matplotlib.image import AxesImage
+
+    assert report.main(str(scratch_xor.path), out=lambda line: None) == 0
+    for name in ("weights-hidden1", "hidden-output", "predictions", "curves"):
+        assert (scratch_xor.path / f"report-{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    s = state(scratch_xor)
+    fig = report.weights_figure(s["pictures"][0])
+    assert not fig.findobj(AxesImage), "two inputs are no picture"
+    drawn = [c for ax in fig.axes for c in ax.containers if isinstance(c, BarContainer)]
+    assert len(drawn) == 3  # one bar chart per hidden neuron
+    for bars, neuron in zip(drawn, s["pictures"][0]["neurons"]):
+        assert [b.get_height() for b in bars] == neuron["weights"]
+        sign = ["negative" if w < 0 else "positive" for w in neuron["weights"]]
+        assert [to_hex(b.get_facecolor()) for b in bars] == [WEIGHT_COLOURS[k] for k in sign]
+    fig = report.predictions_figure(s["predictions"], s["samples"])
+    assert not fig.findobj(AxesImage)
+    texts = {t.get_text() for ax in fig.axes for t in ax.texts}
+    assert {p["text"] for p in s["predictions"]} <= texts
+
+
+@pytest.mark.unit
+def test_report_curves_have_the_pages_colours():
+    from matplotlib.colors import to_hex
+
+    keys = ("loss", "holdout_loss", "accuracy", "recent_accuracy", "holdout_accuracy")
+    metrics = [{"epoch": e, **{k: 0.1 * e for k in keys}} for e in (1, 2, 3)]
+    lines = [line for ax in report.curves_figure(metrics).axes for line in ax.lines]
+    assert [line.get_label() for line in lines] == ["train", "held out", "train", "last 200", "held out"]
+    assert all(to_hex(line.get_color()) == CURVE_COLOURS[line.get_label()] for line in lines)
+    script = PAGE.split("<script>")[1]
+    assert f"const CURVE_COLOURS = {json.dumps(CURVE_COLOURS)};" in script
+    curves = script[script.index("function drawCurves") :].split("\n}\n")[0]
+    assert not re.search(r"#[0-9a-f]{6}", curves, re.I), "the page's curves take CURVE_COLOURS only"
 
 
 # -- the page in a real browser ------------------------------------------------------------------
@@ -250,8 +349,13 @@ class Dom(HTMLParser):
     def __init__(self, html: str) -> None:
         super().__init__()
         self.neurons: list[str] = []
+        self.canvases: dict[str, dict] = {}  # a neuron's canvas attributes, by neuron
+        self.values: dict[str, str] = {}  # the numbers printed under a neuron's bars
         self.predictions: list[dict] = []
+        self.charts: dict[str, dict] = {}
         self.body: dict = {}
+        self._owner: dict | None = None  # where the text of a `values` element goes
+        self._text: str | None = None
         self.feed(html)
 
     def handle_starttag(self, tag: str, attrs: list) -> None:
@@ -261,14 +365,40 @@ class Dom(HTMLParser):
             self.body = a
         if "neuron" in classes:
             self.neurons.append(a.get("data-neuron"))
+            self.canvases[a.get("data-neuron")] = a
+            self._owner = {"neuron": a.get("data-neuron")}
         if "prediction" in classes:
             self.predictions.append({**a, "right": "right" in classes})
+            self._owner = self.predictions[-1]
+        if tag == "canvas" and "id" in a:
+            self.charts[a["id"]] = a
+        if "values" in classes:
+            self._text = ""
+
+    def handle_data(self, data: str) -> None:
+        if self._text is not None:
+            self._text += data
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._text is None or self._owner is None:
+            return
+        if "neuron" in self._owner:
+            self.values[self._owner["neuron"]] = self._text
+        else:
+            self._owner["text"] = self._text
+        self._text = None
 
 
 def dump_dom(chromium: str, profile: Path, url: str) -> Dom:
-    result = browse(chromium, profile, "--virtual-time-budget=5000", "--dump-dom", url)
+    """The page's DOM once it has drawn; a script error anywhere fails the test."""
+    result = browse(
+        chromium, profile, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom", url
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    return Dom(result.stdout)
+    assert "Uncaught" not in result.stderr, result.stderr[-2000:]
+    dom = Dom(result.stdout)
+    assert dom.body["data-error"] == "", dom.body["data-error"]
+    return dom
 
 
 @pytest.mark.timeout(INSTALL_TIMEOUT_S + 180)
@@ -292,9 +422,33 @@ def test_the_page_draws_every_hidden_neuron_and_the_predictions(chromium, scratc
     assert dom.predictions[0]["right"] == (newest["predicted"] == newest["target"])
     assert dom.body["data-samples"] == "24"
     assert dom.body["data-status"] == "completed" and dom.body["data-source"] == "model.npz"
+    assert {dom.canvases[n]["data-drawn"] for n in dom.neurons} == {"picture"}
+    assert all(p["data-drawn"] == "picture" for p in dom.predictions)
+    curves = ";".join(f"{name}={colour}" for name, colour in CURVE_COLOURS.items())
+    assert dom.charts["accuracy-chart"]["data-curves"] == curves  # train, last 200, held out
     assert result.returncode == 0, result.stderr[-2000:]
     assert shot.stat().st_size > 20_000
     print(f"\nviewer screenshot: {shot}")
+
+
+@pytest.mark.timeout(INSTALL_TIMEOUT_S + 180)
+def test_the_page_draws_an_xor_runs_weights_as_bars_and_its_inputs_as_numbers(
+    chromium, scratch_xor, tmp_path
+):
+    with serving(scratch_xor) as server:
+        dom = dump_dom(chromium, tmp_path / "profile", server.url)
+        s = json.loads(get(server, "/api/state"))
+    neurons = s["pictures"][0]["neurons"]
+    assert dom.neurons == [n["id"] for n in neurons] == ["hidden1.0", "hidden1.1", "hidden1.2"]
+    for n in neurons:
+        assert dom.canvases[n["id"]]["data-drawn"] == "bars"
+        assert dom.canvases[n["id"]]["data-bars"] == "2"
+        assert dom.values[n["id"]] == ", ".join(f"{w:.2f}" for w in n["weights"])
+    assert len(dom.predictions) == len(s["predictions"]) > 0
+    for shown, p in zip(dom.predictions, reversed(s["predictions"])):  # newest first
+        assert shown["data-drawn"] == "values" and shown["text"] == p["text"]
+        assert re.fullmatch(r"[01], [01] -> \d\.\d\d \(target [01]\)", shown["text"])
+    assert dom.charts["loss-chart"]["data-curves"] == f"train={CURVE_COLOURS['train']}"
 
 
 @pytest.mark.timeout(INSTALL_TIMEOUT_S + 180)
@@ -390,9 +544,29 @@ def tiny(sizes=(9, 3, 2), value: float = 0.5) -> Parameters:
 
 def test_picture_shape():
     assert picture_shape(256) == (16, 16)
-    assert picture_shape(9) == (3, 3)
+    assert picture_shape(16) == (4, 4)
+    assert picture_shape(9) is None  # a few values (a table's columns) are bars, not a 3x3 picture
+    assert picture_shape(4) is None
     assert picture_shape(10) is None
     assert picture_shape(1) is None
+
+
+@pytest.mark.unit
+def test_values_are_printed_as_numbers():
+    assert [number(v) for v in (0.0, 1, 0.9712, -1.5, None, float("nan"))] == [
+        "0",
+        "1",
+        "0.97",
+        "-1.50",
+        "-",
+        "-",
+    ]
+    assert prediction_text([0.0, 1.0], [0.9712], 1, 1) == "0, 1 -> 0.97 (target 1)"
+    assert prediction_text([0.5, 2.0, 3.25], [0.1, 0.8], 1, 0) == "0.50, 2, 3.25 -> class 1 (target 0)"
+    assert (
+        prediction_text([1.0] * 20, [0.2], 0, 0)
+        == ", ".join(["1"] * 16) + ", ... (20 in all) -> 0.20 (target 0)"
+    )
 
 
 def test_state_of_a_run_that_has_written_nothing_yet(tmp_path):
@@ -414,7 +588,7 @@ def test_state_reads_broken_and_half_written_files_defensively(tmp_path):
     )
     s = state(run)
     assert s["source"] == "model.npz"
-    assert s["pictures"][0]["shape"] == [3, 3] and s["pictures"][0]["neurons"][0]["weights"] == [0.25] * 9
+    assert s["pictures"][0]["shape"] is None and s["pictures"][0]["neurons"][0]["weights"] == [0.25] * 9
     assert s["predictions"] == [] and s["samples"] is None
     assert s["metrics"] == [{"epoch": 1, "loss": None, "accuracy": 0.5}]
     json.dumps(s, allow_nan=False)
@@ -426,7 +600,10 @@ def test_state_draws_every_hidden_layer_and_survives_diverged_weights(tmp_path):
     params.axons[0][2, 1] = float("inf")
     params.save(run.snapshot)
     s = state(run)
-    assert [(p["layer"], p["shape"]) for p in s["pictures"]] == [("l1", [4, 4]), ("l2", None)]
+    assert [(p["layer"], p["shape"], p["drawn"]) for p in s["pictures"]] == [
+        ("l1", [4, 4], "picture"),
+        ("l2", None, "bars"),
+    ]
     assert s["pictures"][0]["neurons"][1]["weights"][2] is None
     assert np.array(s["matrix"]["weights"]).shape == (4, 3)
     json.dumps(s, allow_nan=False)

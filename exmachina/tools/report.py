@@ -1,12 +1,15 @@
 """`exmachina report`: the viewer's pictures as PNG files in the run directory (matplotlib, Agg).
 
-    report-weights-<layer>.png   each neuron's incoming weights (16x16 pictures for 256 inputs)
+    report-weights-<layer>.png   each neuron's incoming weights: 16x16 pictures for 256 inputs, signed
+                                 bars with their numbers when the inputs are values (XOR's 2)
     report-hidden-output.png     the last hidden layer's weights to the output layer, as a heat map
-    report-predictions.png       the latest training predictions: input, predicted / true label
+    report-predictions.png       the latest training predictions: the input (a picture, or its numbers
+                                 as `0, 1 -> 0.97 (target 1)`), predicted / true label
     report-curves.png            loss and accuracy per epoch (train, last 200, held out)
 
 It reads the run directory exactly as `exmachina view` does (`viewer.state`), so it works on a
-finished run and on one still training (the newest of snapshot.npz and model.npz).
+finished run and on one still training (the newest of snapshot.npz and model.npz), and it takes its
+colours from the page's (`viewer.CURVE_COLOURS`, `viewer.WEIGHT_COLOURS`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from exmachina.rundir.directory import RunDir, resolve
-from exmachina.tools.viewer import state
+from exmachina.tools.viewer import CURVE_COLOURS, MAX_VALUES, WEIGHT_COLOURS, number, state
 
 MAX_NEURONS = 64  # drawn per layer; a bigger layer shows its first 64
 MAX_PREDICTIONS = 20
@@ -55,23 +58,24 @@ def _grid(count: int, columns: int) -> tuple[int, int]:
 
 
 def weights_figure(picture: dict) -> Any:
+    """One panel per neuron (the first MAX_NEURONS): its incoming weights as a picture when the layer
+    below is one (`shape`), else as signed bars; one scale for the whole layer."""
     neurons = picture["neurons"][:MAX_NEURONS]
     rows, cols = _grid(len(neurons), 8)
     shape = picture["shape"]
-    fig = _figure(figsize=(1.6 * cols + 1.2, (1.8 if shape else 0.9) * rows + 0.9), layout="constrained")
+    width = 1.6 * cols + 1.2 if shape else max(7.0, 1.6 * cols + 1.2)  # bars: room for the title
+    fig = _figure(figsize=(width, (1.8 if shape else 1.6) * rows + 0.9), layout="constrained")
     every = np.concatenate([_array(n["weights"]) for n in neurons]) if neurons else np.zeros(1)
     scale = float(np.nanmax(np.abs(every))) if np.isfinite(every).any() else 1.0
-    axes = fig.subplots(rows, cols, squeeze=False)
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=not shape)
     image = None
     for ax, neuron in zip(axes.flat, neurons):
         w = _array(neuron["weights"])
-        w = w.reshape(shape) if shape else w[None, :]
-        image = ax.imshow(w, cmap="RdBu_r", vmin=-scale, vmax=scale, interpolation="nearest", aspect="auto")
-        ax.set_title(f"{neuron['id']}  b={_number(neuron['bias'])}", fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
         if shape:
-            ax.set_aspect("equal")
+            image = _picture(ax, w.reshape(shape), scale)
+        else:
+            _bars(ax, w, scale, picture["from"])
+        ax.set_title(f"{neuron['id']}  b={_number(neuron['bias'])}", fontsize=8)
     for ax in axes.flat[len(neurons) :]:
         ax.axis("off")
     if image is not None:
@@ -81,12 +85,32 @@ def weights_figure(picture: dict) -> Any:
         if len(picture["neurons"]) > MAX_NEURONS
         else ""
     )
-    drawn = f"{shape[0]}x{shape[1]}" if shape else "a bar"
+    drawn = f"{shape[0]}x{shape[1]}" if shape else "as bars (red positive, blue negative)"
     fig.suptitle(
         f"layer {picture['layer']}: incoming weights from {picture['from']}, drawn {drawn}{shown}",
         fontsize=10,
     )
     return fig
+
+
+def _picture(ax: Any, w: np.ndarray, scale: float) -> Any:
+    image = ax.imshow(w, cmap="RdBu_r", vmin=-scale, vmax=scale, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return image
+
+
+def _bars(ax: Any, w: np.ndarray, scale: float, below: str) -> None:
+    """Signed bars in the page's colours, numbered when there are few; a diverged weight is a gap."""
+    colours = [WEIGHT_COLOURS["negative" if v < 0 else "positive"] for v in np.nan_to_num(w)]
+    bars = ax.bar(range(len(w)), np.nan_to_num(w, nan=0.0, posinf=0.0, neginf=0.0), color=colours)
+    ax.axhline(0, color="#888", linewidth=0.8)
+    ax.set_ylim(-1.3 * scale, 1.3 * scale)
+    ax.tick_params(labelsize=6)
+    if len(w) <= 8:
+        ax.set_xticks(range(len(w)), [f"{below}.{i}" for i in range(len(w))], fontsize=6)
+    if len(w) <= MAX_VALUES // 2:
+        ax.bar_label(bars, labels=[number(v) for v in w], fontsize=6, padding=1)
 
 
 def matrix_figure(matrix: dict) -> Any:
@@ -112,15 +136,17 @@ def matrix_figure(matrix: dict) -> Any:
 
 
 def predictions_figure(predictions: list[dict], samples: Any) -> Any:
+    """The latest predictions (newest first): pictures of the inputs when they are one, else a line of
+    numbers each."""
     shown = predictions[-MAX_PREDICTIONS:][::-1]  # newest first
+    if shown and not shown[0]["shape"]:
+        return _values_figure(shown, samples)
     rows, cols = _grid(len(shown), 10)
     fig = _figure(figsize=(1.3 * cols + 0.4, 1.55 * rows + 0.6), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax, p in zip(axes.flat, shown):
-        x = _array(p["input"])
-        x = x.reshape(p["shape"]) if p["shape"] else x[None, :]
         right = p["predicted"] == p["target"]
-        ax.imshow(x, cmap="gray_r", interpolation="nearest", aspect="equal" if p["shape"] else "auto")
+        ax.imshow(_array(p["input"]).reshape(p["shape"]), cmap="gray_r", interpolation="nearest")
         ax.set_title(f"{p['predicted']} / {p['target']}", fontsize=9, color=RIGHT if right else WRONG)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -133,6 +159,23 @@ def predictions_figure(predictions: list[dict], samples: Any) -> Any:
     return fig
 
 
+def _values_figure(shown: list[dict], samples: Any) -> Any:
+    """Inputs that are values, one line each: `0, 1 -> 0.97 (target 1)`, green right, red wrong."""
+    fig = _figure(figsize=(6.4, 0.26 * len(shown) + 0.9), layout="constrained")
+    ax = fig.subplots()
+    ax.axis("off")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(len(shown), -0.5)
+    for k, p in enumerate(shown):
+        right = p["predicted"] == p["target"]
+        colour = RIGHT if right else WRONG
+        ax.text(0.0, k, f"row {p['row']}", fontsize=9, family="monospace", va="center", color="#555")
+        ax.text(0.14, k, p["text"], fontsize=9, family="monospace", va="center", color=colour)
+        ax.text(1.0, k, "right" if right else "wrong", fontsize=9, va="center", ha="right", color=colour)
+    fig.suptitle(f"latest predictions after {samples} samples: input -> output (newest first)", fontsize=10)
+    return fig
+
+
 def curves_figure(metrics: list[dict]) -> Any:
     from matplotlib.ticker import MaxNLocator
 
@@ -142,7 +185,7 @@ def curves_figure(metrics: list[dict]) -> Any:
     def plot(ax: Any, key: str, label: str) -> None:
         points = [(m["epoch"], m[key]) for m in metrics if m.get(key) is not None and "epoch" in m]
         if points:
-            ax.plot(*zip(*points), marker="o", markersize=3, label=label)
+            ax.plot(*zip(*points), marker="o", markersize=3, label=label, color=CURVE_COLOURS[label])
 
     plot(loss_ax, "loss", "train")
     plot(loss_ax, "holdout_loss", "held out")

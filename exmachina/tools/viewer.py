@@ -47,15 +47,41 @@ METRIC_KEYS = (
     "samples_per_s",
     "elapsed",
 )
+MIN_PICTURE = 16  # fewer inputs than 4x4 are values, not a picture
+MAX_VALUES = 16  # inputs printed per prediction, weights printed per neuron
+# One definition for the page and for report.py: the curves' colours, by legend label, and the sign
+# colours of weights (the ends of the blue-white-red scale of the pictures and the heat map).
+CURVE_COLOURS = {"train": "#1f77b4", "last 200": "#9467bd", "held out": "#ff7f0e"}
+WEIGHT_COLOURS = {"negative": "#2166ac", "positive": "#b2182b"}
 
 
 # -- reading the run directory -------------------------------------------------------------------
 
 
 def picture_shape(width: int) -> tuple[int, int] | None:
-    """(side, side) when `width` inputs make a square picture (256 -> 16x16), else None (a bar)."""
+    """(side, side) when `width` inputs make a square picture of at least 4x4 (256 -> 16x16), else
+    None: the inputs are values (XOR's 2, a table's few columns), drawn as bars and numbers."""
     side = math.isqrt(width)
-    return (side, side) if width > 1 and side * side == width else None
+    return (side, side) if width >= MIN_PICTURE and side * side == width else None
+
+
+def number(value: Any, digits: int = 2) -> str:
+    """A value as the page and the report print it: whole numbers bare (`0`, `1`), others with
+    `digits` decimals, missing or non-finite ones as `-`."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "-"
+    return str(int(value)) if float(value).is_integer() else f"{value:.{digits}f}"
+
+
+def prediction_text(inputs: list, output: list, predicted: Any, target: Any) -> str:
+    """One prediction as a line of numbers: `0, 1 -> 0.97 (target 1)`; with several outputs, the
+    predicted class stands for them (`-> class 2 (target 1)`); past MAX_VALUES inputs, the rest are
+    counted."""
+    shown = ", ".join(number(v) for v in inputs[:MAX_VALUES])
+    if len(inputs) > MAX_VALUES:
+        shown += f", ... ({len(inputs)} in all)"
+    answer = number(output[0]) if len(output) == 1 else f"class {predicted}"
+    return f"{shown} -> {answer} (target {target})"
 
 
 def read_json(path: Path) -> Any:
@@ -210,6 +236,7 @@ def state(run: RunDir) -> dict[str, Any]:
                 "from": names[layer - 1],
                 "inputs": int(weights.shape[0]),
                 "shape": list(shape) if shape else None,
+                "drawn": "picture" if shape else "bars",
                 "neurons": [
                     {
                         "id": f"{names[layer]}.{j}",
@@ -226,15 +253,19 @@ def state(run: RunDir) -> dict[str, Any]:
 
 
 def _prediction(p: dict) -> dict:
-    inputs = p.get("input") or []
+    """A prediction of predictions.json for the page: a picture's `shape`, or (shape None) its values
+    as a line of text."""
+    inputs = [_finite(v) for v in p.get("input") or []]
+    output = [_finite(v) for v in p.get("output") or []]
     shape = picture_shape(len(inputs))
     return {
         "row": p.get("row"),
-        "input": [_finite(v) for v in inputs],
-        "output": [_finite(v) for v in p.get("output") or []],
+        "input": inputs,
+        "output": output,
         "predicted": p.get("predicted"),
         "target": p.get("target"),
         "shape": list(shape) if shape else None,
+        "text": None if shape else prediction_text(inputs, output, p.get("predicted"), p.get("target")),
     }
 
 
@@ -351,11 +382,17 @@ PAGE = (
   .row { display: flex; gap: 14px; flex-wrap: wrap; align-items: flex-start; }
   .legend { font-size: 12px; color: #555; }
   .swatch { display: inline-block; width: 110px; height: 10px; vertical-align: middle;
-            background: linear-gradient(to right, #2166ac, #fff, #b2182b); border: 1px solid #ccc; }
+            background: linear-gradient(to right, """
+    + WEIGHT_COLOURS["negative"]
+    + ", #fff, "
+    + WEIGHT_COLOURS["positive"]
+    + """); border: 1px solid #ccc; }
   .empty { color: #888; font-style: italic; }
+  .values { font-variant-numeric: tabular-nums; max-width: 240px; }
+  canvas.bars { border: 1px solid #ccc; display: block; margin: 0 auto; }
 </style>
 </head>
-<body data-samples="" data-epoch="" data-status="loading" data-source="">
+<body data-samples="" data-epoch="" data-status="loading" data-source="" data-error="">
 <header>
   <h1>exmachina</h1>
   <span>run <b class="v" id="run">-</b></span>
@@ -390,13 +427,26 @@ PAGE = (
 const POLL_MS = """
     + str(POLL_MS)
     + """;
+const MAX_VALUES = """
+    + str(MAX_VALUES)
+    + """;
+const CURVE_COLOURS = """
+    + json.dumps(CURVE_COLOURS)
+    + """;
+const WEIGHT_COLOURS = """
+    + json.dumps(WEIGHT_COLOURS)
+    + """;
 const $ = (id) => document.getElementById(id);
+
+function rgb(hex) {
+  return [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+}
 
 function diverging(v, max) {
   // blue (negative) - white (zero) - red (positive); [r, g, b]
   if (v === null || !isFinite(v)) return [255, 0, 255];
   const t = Math.max(-1, Math.min(1, max > 0 ? v / max : 0));
-  const lo = [33, 102, 172], hi = [178, 24, 43];
+  const lo = rgb(WEIGHT_COLOURS.negative), hi = rgb(WEIGHT_COLOURS.positive);
   const end = t < 0 ? lo : hi, a = Math.abs(t);
   return end.map((c) => Math.round(255 + (c - 255) * a));
 }
@@ -437,6 +487,37 @@ function fmt(v, digits = 3) {
   return v === null || v === undefined || !isFinite(v) ? "-" : Number(v).toFixed(digits);
 }
 
+function values(list) {
+  // at most MAX_VALUES numbers, as the report prints them
+  const shown = list.slice(0, MAX_VALUES).map((v) => fmt(v, 2)).join(", ");
+  return list.length > MAX_VALUES ? `${shown}, ... (${list.length} in all)` : shown;
+}
+
+function drawBars(canvas, weights, max) {
+  // one signed bar per weight about a zero line: red positive, blue negative, one scale per layer
+  const n = weights.length, W = Math.min(240, Math.max(72, n * 18)), H = 64, mid = H / 2;
+  canvas.width = W; canvas.height = H;
+  canvas.style.width = W + "px"; canvas.style.height = H + "px";
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, W, H);
+  const bw = W / Math.max(n, 1);
+  let drawn = 0;
+  weights.forEach((v, i) => {
+    if (v === null || !isFinite(v)) {  // diverged: a magenta stripe, as in the pictures
+      ctx.fillStyle = "#f0f";
+      ctx.fillRect(i * bw + 1, 0, Math.max(1, bw - 2), H);
+      return;
+    }
+    const h = (max > 0 ? Math.min(1, Math.abs(v) / max) : 0) * (mid - 3);
+    ctx.fillStyle = v < 0 ? WEIGHT_COLOURS.negative : WEIGHT_COLOURS.positive;
+    ctx.fillRect(i * bw + 1, v < 0 ? mid : mid - h, Math.max(1, bw - 2), h);
+    drawn += 1;
+  });
+  ctx.fillStyle = "#888";
+  ctx.fillRect(0, mid, W, 1);
+  canvas.dataset.bars = drawn;
+}
+
 function drawPictures(pictures) {
   const root = $("pictures");
   const keys = new Set();
@@ -446,40 +527,59 @@ function drawPictures(pictures) {
       const s = document.createElement("section");
       s.innerHTML = "<h2></h2><div class='grid'></div>" +
         "<div class='legend'><span class='lo'></span> <span class='swatch'></span> <span class='hi'></span>" +
-        " (one colour scale for the whole layer)</div>";
+        " <span class='scale'></span></div>";
       return s;
     });
-    const [h, w] = layer.shape || [1, layer.inputs];
+    const bars = !layer.shape;
     sec.querySelector("h2").innerHTML = `Layer <code>${layer.layer}</code>: each neuron's incoming ` +
       `weights from <code>${layer.from}</code> <small>${layer.neurons.length} neurons, ` +
-      `${layer.inputs} inputs each, drawn ${layer.shape ? h + "&times;" + w : "as a bar"}</small>`;
+      `${layer.inputs} inputs each, drawn ${bars ? "as bars" : layer.shape.join("&times;")}</small>`;
     const m = maxAbs(layer.neurons.flatMap((n) => n.weights));
     sec.querySelector(".lo").textContent = fmt(-m, 2);
     sec.querySelector(".hi").textContent = fmt(m, 2);
+    sec.querySelector(".scale").textContent = bars
+      ? `(bars: ${layer.from}.0 first, red positive, blue negative; one scale for the whole layer)`
+      : "(one colour scale for the whole layer)";
     const grid = sec.querySelector(".grid");
     const ids = new Set();
     for (const n of layer.neurons) {
       ids.add(n.id);
-      const fig = keyed(grid, n.id, () => {
-        const f = document.createElement("figure");
-        const c = document.createElement("canvas");
-        c.className = "neuron";
-        c.dataset.neuron = n.id;
-        const cap = document.createElement("figcaption");
-        f.append(c, cap);
-        return f;
-      });
-      const canvas = fig.querySelector("canvas");
-      const scale = layer.shape ? Math.max(3, Math.floor(112 / w)) : 1;
-      canvas.style.width = (layer.shape ? w * scale : Math.min(240, Math.max(80, w * 2))) + "px";
-      canvas.style.height = (layer.shape ? h * scale : 24) + "px";
-      paint(canvas, w, h, n.weights, (v) => diverging(v, m));
-      canvas.title = `${n.id}: bias ${fmt(n.bias)}`;
-      fig.querySelector("figcaption").textContent = `${n.id}  b=${fmt(n.bias, 2)}`;
+      drawNeuron(grid, layer, n, m);
     }
     prune(grid, ids);
   }
   prune(root, keys);
+}
+
+function drawNeuron(grid, layer, n, m) {
+  // a picture of the weights when the inputs are one (layer.shape), else bars and their numbers
+  const fig = keyed(grid, n.id, () => {
+    const f = document.createElement("figure");
+    const c = document.createElement("canvas");
+    c.dataset.neuron = n.id;
+    const cap = document.createElement("figcaption");
+    const vals = document.createElement("div");
+    vals.className = "values";
+    f.append(c, cap, vals);
+    return f;
+  });
+  const canvas = fig.querySelector("canvas");
+  canvas.dataset.drawn = layer.drawn;
+  if (layer.shape) {
+    const [h, w] = layer.shape;
+    const scale = Math.max(3, Math.floor(112 / w));
+    canvas.className = "neuron";
+    canvas.style.width = w * scale + "px";
+    canvas.style.height = h * scale + "px";
+    paint(canvas, w, h, n.weights, (v) => diverging(v, m));
+    fig.querySelector(".values").textContent = "";
+  } else {
+    canvas.className = "neuron bars";
+    drawBars(canvas, n.weights, m);
+    fig.querySelector(".values").textContent = values(n.weights);
+  }
+  canvas.title = `${n.id}: bias ${fmt(n.bias)}`;
+  fig.querySelector("figcaption").textContent = `${n.id}  b=${fmt(n.bias, 2)}`;
 }
 
 function drawMatrix(matrix) {
@@ -537,21 +637,40 @@ function drawPredictions(preds) {
     fig.dataset.predicted = p.predicted;
     fig.dataset.target = p.target;
     fig.dataset.row = p.row;
-    const [h, w] = p.shape || [1, p.input.length];
-    const c = fig.querySelector("canvas.digit");
-    c.style.width = (p.shape ? w * 4 : 64) + "px";
-    c.style.height = (p.shape ? h * 4 : 12) + "px";
-    const lo = Math.min(...p.input.filter(isFinite), 0), hi = Math.max(...p.input.filter(isFinite), 1);
-    paint(c, w, h, p.input, (v) => {
-      const g = Math.round(255 * (1 - (v - lo) / ((hi - lo) || 1)));
-      return [g, g, g];
-    });
-    drawOutputs(fig.querySelector("canvas.outputs"), p.output, p.predicted, p.target, c.style.width);
-    fig.querySelector("figcaption").innerHTML =
-      `<span class="lab">${p.predicted}</span> / ${p.target}`;
+    fig.dataset.drawn = p.shape ? "picture" : "values";
+    if (p.shape) drawDigit(fig, p); else drawValues(fig, p);
     fig.title = `row ${p.row}: predicted ${p.predicted}, true ${p.target}`;
   });
   prune(root, keys);
+}
+
+function drawDigit(fig, p) {
+  // the input as a grey picture, the outputs as bars under it, predicted / true
+  const [h, w] = p.shape;
+  const c = fig.querySelector("canvas.digit");
+  c.style.display = "block";
+  c.style.width = w * 4 + "px";
+  c.style.height = h * 4 + "px";
+  const lo = Math.min(...p.input.filter(isFinite), 0), hi = Math.max(...p.input.filter(isFinite), 1);
+  paint(c, w, h, p.input, (v) => {
+    const g = Math.round(255 * (1 - (v - lo) / ((hi - lo) || 1)));
+    return [g, g, g];
+  });
+  drawOutputs(fig.querySelector("canvas.outputs"), p.output, p.predicted, p.target, c.style.width);
+  const cap = fig.querySelector("figcaption");
+  cap.className = "";
+  cap.innerHTML = `<span class="lab">${p.predicted}</span> / ${p.target}`;
+}
+
+function drawValues(fig, p) {
+  // the input as numbers: "0, 1 -> 0.97 (target 1)"; several outputs keep their bars
+  fig.querySelector("canvas.digit").style.display = "none";
+  const outputs = fig.querySelector("canvas.outputs");
+  if (p.output.length > 1) drawOutputs(outputs, p.output, p.predicted, p.target, "120");
+  else outputs.style.display = "none";
+  const cap = fig.querySelector("figcaption");
+  cap.className = "values lab";
+  cap.textContent = p.text;
 }
 
 function drawOutputs(canvas, output, predicted, target, width) {
@@ -603,9 +722,12 @@ function chart(canvas, title, series, fixed) {
   for (let x = Math.ceil(x0); x <= x1; x += step) ctx.fillText(String(x), X(x), H - B + 14);
   ctx.fillText("epoch", (L + W - R) / 2, H - 4);
   let lx = L + 90;
+  const drawn = [];
   for (const s of series) {
     if (!s.points.length) continue;
-    ctx.strokeStyle = s.colour; ctx.fillStyle = s.colour; ctx.lineWidth = 2;
+    const colour = CURVE_COLOURS[s.name];
+    drawn.push(`${s.name}=${colour}`);
+    ctx.strokeStyle = colour; ctx.fillStyle = colour; ctx.lineWidth = 2;
     ctx.beginPath();
     s.points.forEach(([x, y], i) => (i ? ctx.lineTo(X(x), Y(y)) : ctx.moveTo(X(x), Y(y))));
     ctx.stroke();
@@ -616,19 +738,20 @@ function chart(canvas, title, series, fixed) {
     ctx.fillText(s.name, lx + 18, 14);
     lx += 26 + ctx.measureText(s.name).width;
   }
+  canvas.dataset.curves = drawn.join(";");
 }
 
 function drawCurves(metrics) {
   const pick = (key) => metrics.filter((m) => m[key] !== null && m[key] !== undefined && isFinite(m[key]))
     .map((m) => [m.epoch, m[key]]);
   chart($("loss-chart"), "loss", [
-    { name: "train", colour: "#1f77b4", points: pick("loss") },
-    { name: "held out", colour: "#ff7f0e", points: pick("holdout_loss") },
+    { name: "train", points: pick("loss") },
+    { name: "held out", points: pick("holdout_loss") },
   ]);
   chart($("accuracy-chart"), "accuracy", [
-    { name: "train", colour: "#1f77b4", points: pick("accuracy") },
-    { name: "last 200", colour: "#9467bd", points: pick("recent_accuracy") },
-    { name: "held out", colour: "#ff7f0e", points: pick("holdout_accuracy") },
+    { name: "train", points: pick("accuracy") },
+    { name: "last 200", points: pick("recent_accuracy") },
+    { name: "held out", points: pick("holdout_accuracy") },
   ], [0, 1]);
 }
 
@@ -651,14 +774,27 @@ function render(s) {
   drawCurves(s.metrics);
 }
 
+function error(text) {
+  $("error").textContent = text;
+  document.body.dataset.error = text;
+}
+
 async function poll() {
+  let s = null;
   try {
     const r = await fetch("/api/state", { cache: "no-store" });
     if (!r.ok) throw new Error(`HTTP ${r.status}`);
-    render(await r.json());
-    $("error").textContent = "";
+    s = await r.json();
   } catch (e) {
-    $("error").textContent = `viewer unreachable (${e.message}); retrying`;
+    error(`viewer unreachable (${e.message}); retrying`);
+  }
+  if (s) {
+    try {
+      render(s);
+      error("");
+    } catch (e) {
+      error(`cannot draw this state (${e.message})`);
+    }
   }
   setTimeout(poll, POLL_MS);
 }
