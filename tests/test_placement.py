@@ -67,7 +67,7 @@ def remove_sessions(sessions: set[str]) -> None:
 
 
 def ray_config(cluster: Cluster, **sections) -> dict:
-    placement = {"engine": "ray", "address": cluster.address, "rule": "by_layer", "layers": LAYERS}
+    placement = {"engine": "ray", "address": cluster.address, "rule": "by_layer", "layers": dict(LAYERS)}
     return xor_config(runtime={"transport": "tcp"}, placement=placement, **sections)
 
 
@@ -233,6 +233,19 @@ def test_a_lost_node_s_neurons_come_back_on_the_spare_node(tmp_path, three_nodes
     assert not (Path(tempfile.gettempdir()) / "exmachina-ray").exists()
 
 
+def test_a_label_no_node_declares_is_one_line_and_exit_2(tmp_path, cluster):
+    config = ray_config(cluster)
+    config["placement"]["layers"]["hidden1"] = "gpu"
+    path = write_config(tmp_path, config)
+    result = run_learn(path, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        f"exmachina: {path}: placement: no node of the cluster at {cluster.address} declares the label "
+        """'gpu' (ray start --resources='{"gpu": 1}')"""
+    )
+    assert not (tmp_path / "runs").exists()
+
+
 def test_an_address_where_no_cluster_listens_is_one_line_and_exit_2(tmp_path):
     config = xor_config(
         runtime={"transport": "tcp"}, placement={"engine": "ray", "address": "127.0.0.1:1", "nodes": ["a"]}
@@ -333,3 +346,44 @@ def test_neurons_in_two_network_namespaces_over_tcp_with_curve(tmp_path, two_hos
     # the hidden neurons' inboxes were CURVE servers on the other namespace's address
     hidden_log = (run / "neurons" / "hidden1.0.log").read_text()
     assert f"inbox=tcp://{second}:" in hidden_log and "curve: inbox is a CURVE server" in hidden_log
+
+
+def test_with_no_node_to_take_a_lost_node_s_neurons_the_run_stops_and_resumes_on_what_is_left(
+    tmp_path, three_nodes
+):
+    nodes, hidden, spare = three_nodes
+    config = ray_config(nodes, training={"learning_rate": 0.5, "epochs": 300})
+    config["placement"]["fallback"] = ["gpu"]  # no node declares it
+    config["runtime"]["checkpoint_every"] = 20
+    proc = start_learn(write_config(tmp_path, config))
+    try:
+        home = wait_for(
+            lambda: proc.poll() is not None or next((tmp_path / "runs").glob("xor-*/checkpoints"), None),
+            timeout=240,
+        )
+        assert proc.poll() is None, proc.communicate()
+        first = f"hidden1.2.{0:012d}.ckpt"
+        wait_for(lambda: [p for p in home.glob("hidden1.2.*.ckpt") if p.name != first], timeout=120)
+        nodes.remove_node(hidden, allow_graceful=False)
+    finally:
+        err = finish(proc, timeout=360)
+    assert proc.returncode == 1, err
+    run = run_dir(tmp_path)
+    assert re.search(
+        r"exmachina: node \w+ \([\d.]+\) was lost and no surviving node can take its neurons \(gpu\): run "
+        rf"stopped; resume with: exmachina learn --resume {re.escape(str(run))}",
+        err,
+    ), err
+    # the cluster has no node labelled `second` now: the resumed run places the hidden layer elsewhere
+    resumed = subprocess.run(
+        [sys.executable, "-m", "exmachina", "learn", "--resume", str(run)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert '"status": "completed"' in (run / "summary.json").read_text()
+    supervisor_log = (run / "neurons" / "supervisor.log").read_text()
+    assert re.search(r"no node declares 'second': hidden1\.0 goes to node \w+", supervisor_log)
+    placed = dict(re.findall(r"neuron (\S+) ran on node (\w+)", supervisor_log))
+    survivors = {nodes.head_node.node_id, spare.node_id}  # dealt to the least loaded of them
+    assert {placed[f"hidden1.{i}"] for i in range(3)} <= survivors, placed
+    assert not (Path(tempfile.gettempdir()) / "exmachina-ray").exists()

@@ -64,7 +64,7 @@ class HostAgent:
     ) -> None:
         import ray
 
-        self.name, self.ids = name, [s.id for s in specs]
+        self.name, self.owners = name, {name, *(s.id for s in specs)}
         node = ray.get_runtime_context().get_node_id()
         self.local = node_dir(node, Path(site.run_dir).name)
         (self.local / "neurons").mkdir(parents=True, exist_ok=True)
@@ -156,9 +156,15 @@ class HostAgent:
         return str(path.relative_to(self.local))
 
     def _files(self) -> list[Path]:
-        found = [*self.local.glob(f"neurons/{self.name}.log*")]
-        for nid in self.ids:
-            found += [*self.local.glob(f"neurons/{nid}.log*"), *self.local.glob(f"checkpoints/{nid}.*.ckpt")]
+        """This agent's files: its own log, and its neurons' logs and checkpoints (one listing of
+        each folder, however many neurons; a neuron's files start with its id and a dot)."""
+        found = []
+        for folder in ("neurons", "checkpoints"):
+            with contextlib.suppress(FileNotFoundError), os.scandir(self.local / folder) as entries:
+                for entry in entries:
+                    owner = _owner(entry.name)
+                    if owner in self.owners and not entry.name.startswith("."):
+                        found.append(Path(entry.path))
         return found
 
     def forget(self) -> None:
@@ -175,3 +181,10 @@ class HostAgent:
         ):
             with contextlib.suppress(OSError):  # not empty: another agent's, another run's
                 folder.rmdir()
+
+
+def _owner(name: str) -> str:
+    """Whose file this is: `hidden.3.log.1` and `hidden.3.000000000020.ckpt` are hidden.3's,
+    `agent-1a2b3c4d.log` is that agent's."""
+    stem = name.split(".log")[0] if ".log" in name else name.removesuffix(".ckpt").rsplit(".", 1)[0]
+    return stem

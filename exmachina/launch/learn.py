@@ -137,7 +137,11 @@ def learn(
         else:
             raise ConfigError("give a config file or a run to resume")
         sockets = transport.socket_dir() if config.runtime.transport == "ipc" else None
-        host = placement.join(config) if config.placement.engine == "ray" else config.runtime.host
+        host = (
+            placement.join(config, resuming=resume is not None)
+            if config.placement.engine == "ray"
+            else config.runtime.host
+        )
     except (
         ConfigError,
         DatasetError,

@@ -39,6 +39,7 @@ from exmachina.rundir.logs import Log
 
 SYNC_INTERVAL_S = 1.0  # how often the driver fetches the agents' new checkpoints and log lines
 CALL_TIMEOUT_S = 30.0
+STOP_PER_NEURON_S = 0.1
 
 
 class PlacementError(RuntimeError):
@@ -55,9 +56,10 @@ def ray_module():
     return ray
 
 
-def join(config: Config) -> str:
+def join(config: Config, resuming: bool = False) -> str:
     """Connect this process to the cluster as its driver and check that every label the placement
-    names is a node's; returns this node's address, where the coordinator binds."""
+    names is a node's (a resumed run may find another cluster: its neurons then go where a lost
+    node's would); returns this node's address, where the coordinator binds."""
     ray = ray_module()
     _reachable(config.placement.address)
     try:
@@ -71,7 +73,7 @@ def join(config: Config) -> str:
         raise PlacementError(f"placement.address {config.placement.address!r}: {exc}") from None
     alive = alive_nodes()
     for label in sorted({label for label in labels(config).values() if label is not None}):
-        if not any(label in node.labels for node in alive):
+        if not resuming and not any(label in node.labels for node in alive):
             ray.shutdown()
             raise PlacementError(
                 f"{config.source}: placement: no node of the cluster at {config.placement.address} "
@@ -155,7 +157,13 @@ class RayAgents:
         label_of = labels(self.config)
         for spec in self.specs:
             label = label_of[spec.id]
-            node = next(n for n in alive if (n.id == here if label is None else label in n.labels))
+            node = next((n for n in alive if (n.id == here if label is None else label in n.labels)), None)
+            if node is None:  # a resumed run on a cluster without that label
+                node = self._fallback(None, by_node)
+                if node is None:
+                    self._fail(f"no node of the cluster can take {spec.id} (label {label!r})")
+                    return
+                self.log.warning("no node declares %r: %s goes to node %s", label, spec.id, node)
             by_node.setdefault(node, []).append(spec)
         for node, specs in by_node.items():
             self._start_agent(node, specs)
@@ -257,16 +265,20 @@ class RayAgents:
         )
         self._start_agent(target, lost.specs, seed)
 
-    def _fallback(self, lost: Node) -> Node | None:
+    def _fallback(self, lost: Node | None, placed: dict[Node, list[NeuronSpec]] | None = None) -> Node | None:
         """Where a lost node's neurons go: the first surviving node with a `placement.fallback`
-        label, or without any, the surviving node that holds the fewest neurons."""
-        survivors = [n for n in alive_nodes() if n.id != lost.id]
+        label, or without any, the surviving node that holds the fewest neurons (`placed`: those
+        being dealt, before their agents start)."""
+        survivors = [n for n in alive_nodes() if lost is None or n.id != lost.id]
         wanted = self.config.placement.fallback
-        if wanted:
-            return next((n for label in wanted for n in survivors if label in n.labels), None)
+        chosen = next((n for label in wanted for n in survivors if label in n.labels), None)
+        if chosen is not None or (wanted and lost is not None):
+            return chosen  # a resumed run (lost None) takes any node when no fallback is there
         if not survivors:
             return None
         load = {n.id: sum(len(a.specs) for a in self.agents if a.node.id == n.id) for n in survivors}
+        for node, specs in (placed or {}).items():
+            load[node.id] = load.get(node.id, 0) + len(specs)
         return min(survivors, key=lambda n: load[n.id])
 
     def _home_files(self, ids: list[str]) -> dict[str, tuple[int, bytes]]:
@@ -327,7 +339,10 @@ class RayAgents:
                 for nid, pid in at["neurons"].items():
                     self.log.info("neuron %s ran on node %s (%s) pid %s", nid, at["node"], at["ip"], pid)
             agent.actor.stop.remote()
-        ray.wait([a.running for a in self.agents], num_returns=len(self.agents), timeout=CALL_TIMEOUT_S)
+        if self.agents:
+            # an agent stops its neurons one by one, as the local supervisor does
+            grace = CALL_TIMEOUT_S + STOP_PER_NEURON_S * max(len(a.specs) for a in self.agents)
+            ray.wait([a.running for a in self.agents], num_returns=len(self.agents), timeout=grace)
         for agent in self.agents:
             self._sync(agent)
             with contextlib.suppress(Exception):

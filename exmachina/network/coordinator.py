@@ -813,7 +813,11 @@ def coordinate(
 
 
 ADDRESS_FILE = "coordinator.address"
-ADDRESS_POLL_S = 0.02
+ADDRESS_POLL_S = 0.02  # the first look again; then twice as long each time, up to ADDRESS_POLL_MAX_S
+ADDRESS_POLL_MAX_S = 0.5  # thousands of neurons waiting must not crowd out the coordinator they wait for
+# A neuron waits this long: the coordinator is the supervisor's last child, started after every
+# neuron, so a large network on few cores may take minutes; should it die, the run ends anyway.
+NEURON_ADDRESS_WAIT_S = 600.0
 
 
 def publish_address(run_dir: str, endpoint: str) -> None:
@@ -827,11 +831,12 @@ def publish_address(run_dir: str, endpoint: str) -> None:
 def await_address(run_dir: str, timeout: float = STARTUP_TIMEOUT_S) -> str:
     """The coordinator's bound tcp endpoint, once it has published it."""
     path = Path(run_dir) / ADDRESS_FILE
-    deadline = time.monotonic() + timeout
+    deadline, pause = time.monotonic() + timeout, ADDRESS_POLL_S
     while not path.exists():
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path}: the coordinator did not bind within {timeout:g} s")
-        time.sleep(ADDRESS_POLL_S)
+        time.sleep(pause)
+        pause = min(2 * pause, ADDRESS_POLL_MAX_S)
     return path.read_text().strip()
 
 
@@ -840,7 +845,7 @@ def serve_neuron(spec: NeuronSpec, site: Site, keys: curve.Keypair | None = None
     never one picked for it and released, which a neuron's own bind could take first; so a neuron
     starts by reading the address the coordinator published."""
     try:
-        endpoint = await_address(site.run_dir)
+        endpoint = await_address(site.run_dir, NEURON_ADDRESS_WAIT_S)
     except TimeoutError as exc:
         print(f"exmachina: neuron {spec.id}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
