@@ -24,6 +24,7 @@ from rich.table import Table
 from exmachina.bench.runs import NEURON_TITLE, RowFailed, _await_ready, _finished_run, _supervised
 from exmachina.bench.tasks import semeion_config, xor_config
 
+LOCAL_TCP_MAX = 1000  # neurons
 SETTLE_S = 1.0  # after ready, before the memory is read: the neurons have taken their first samples
 
 
@@ -32,7 +33,7 @@ def networks(semeion: Path, large: bool) -> list[tuple[str, dict, dict[str, str]
     found = [
         (
             "2-100-1",
-            xor_config(2_000, hidden=100, log_level="info"),
+            xor_config(400, hidden=100, log_level="info"),
             {"input": "head", "hidden": "second", "output": "head"},
         ),
         (
@@ -114,17 +115,23 @@ def run_cluster_bench(semeion: Path, workdir: Path, large: bool, say: Callable[[
                     "layers": layers,
                 },
             }
-            for where, cfg in (("local", base), ("ray", placed)):
+            # a local run waits 60 s for every hello: past a thousand neurons on few cores, tcp with
+            # CURVE handshakes takes longer, so the local row of the large network is the default ipc
+            local = ("local ipc", config) if neurons > LOCAL_TCP_MAX else ("local", base)
+            for where, cfg in (local, ("ray", placed)):
                 say(f"{name} {where} ...")
                 row: dict[str, Any] = {"network": name, "neurons": neurons, "placement": where}
                 try:
-                    row |= measure(cfg, workdir / f"{name.split()[0]}-{where}", timeout)
+                    row |= measure(cfg, workdir / f"{name.split()[0]}-{where.replace(' ', '-')}", timeout)
                 except RowFailed as exc:
                     row |= {"status": "failed", "error": str(exc)}
                 rows.append(row)
     finally:
         cluster.shutdown()
         shutil.rmtree(session, ignore_errors=True)
+        latest = Path(session).parent / "session_latest"
+        if latest.is_symlink() and not latest.exists():  # it pointed at the session just removed
+            latest.unlink()
     return {"cluster": rows}
 
 
@@ -149,7 +156,7 @@ def render_cluster(results: dict, console: Console) -> None:
                 row["network"], str(row["neurons"]), row["placement"], f"failed: {row['error'][:60]}"
             )
             continue
-        if row["placement"] == "local":
+        if row["placement"].startswith("local"):
             local[row["network"]] = row
         ref = local.get(row["network"])
 

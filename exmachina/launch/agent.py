@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -77,6 +78,7 @@ class HostAgent:
             name, self.local / "neurons" / f"{name}.log", site.log_level, site.log_max_bytes, site.log_backups
         )
         _set_title(f"exmachina: agent {name}")  # its zygote is titled after it
+        self.live: dict[str, int] = {}  # neuron -> pid, from the supervisor's events (no lock needed)
         self.log.info(
             "agent pid=%d on node %s (%s): %d neurons", os.getpid(), node, self.site.place, len(specs)
         )
@@ -108,6 +110,10 @@ class HostAgent:
             os._exit(1)
 
     def _event(self, event: Event) -> None:
+        if event.kind == "started" and event.child and event.pid:
+            self.live[event.child] = event.pid
+        elif event.kind == "exited" and event.child:
+            self.live.pop(event.child, None)
         failed = event.kind in ("exited", "restarting", "intensity_exceeded") and event.exitcode
         say = self.log.warning if failed else self.log.info
         say("%s %s pid=%s exitcode=%s", event.kind, event.child or "", event.pid, event.exitcode)
@@ -169,7 +175,13 @@ class HostAgent:
 
     def forget(self) -> None:
         """Remove this agent's files from the node once the driver holds them, and the run's folders
-        when no other agent's files are left in them."""
+        when no other agent's files are left in them. A neuron still running (its supervisor stops
+        them one by one, and Ray is about to end this process) is killed first: were this process
+        and its zygote ended by Ray, a neuron would be left with no one to stop it."""
+        for nid, pid in list(self.live.items()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                self.log.warning("%s pid=%d still running at the end: killed", nid, pid)
         close_log(self.log)
         for path in self._files():
             path.unlink(missing_ok=True)
