@@ -16,11 +16,13 @@ directory, so that a node that is lost for good takes at most a second of checkp
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -83,12 +85,16 @@ class HostAgent:
             "agent pid=%d on node %s (%s): %d neurons", os.getpid(), node, self.site.place, len(specs)
         )
         intensity, period = restart
+        children = [
+            replace(child, target=_bound_to_zygote, args=(child.target, *child.args))
+            for child in neuron_children(specs, self.site, keys)
+        ]
         self.supervisor = Supervisor(
-            neuron_children(specs, self.site, keys),
+            children,
             strategy="one_for_one",
             intensity=intensity,
             period=period,
-            preload=NEURON_PRELOAD,
+            preload=[*NEURON_PRELOAD, "exmachina.launch.agent"],
             on_event=self._event,
         )
         self.supervisor.start()
@@ -200,3 +206,19 @@ def _owner(name: str) -> str:
     `agent-1a2b3c4d.log` is that agent's."""
     stem = name.split(".log")[0] if ".log" in name else name.removesuffix(".ckpt").rsplit(".", 1)[0]
     return stem
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _bound_to_zygote(target: Callable[..., None], *args: object) -> None:
+    """Run a neuron that dies with the zygote it was forked from. On a Ray node the agent and its
+    zygote may be ended together (Ray kills a worker's children when it stops the worker), and a
+    neuron left behind would go on with no one to stop it, after its node has left the run."""
+    zygote = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:  # pragma: no cover - Linux only
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != zygote:  # it died before the binding took
+        raise SystemExit(1)
+    target(*args)

@@ -321,20 +321,27 @@ class Coordinator:
 
     def _wire(self, ids: list[str], deadline: float) -> None:
         """(Re)link neurons, tell them where their synapses lead, and wait until each is READY; a
-        neuron restarted meanwhile (and its neighbours, when its endpoints moved) is wired too."""
-        waiting: set[str] = set()
+        neuron restarted meanwhile (and its neighbours, when its endpoints moved) is wired too.
+
+        A neuron answers each WIRE with one READY, in order, so the wait counts them: a neighbour
+        wired twice (two restarts in a row) is ready only once it has taken the second wiring, before
+        any sample is sent again. A restarted neuron's old process owes nothing any more."""
+        waiting: collections.Counter[str] = collections.Counter()
         self._send_wiring(ids, waiting)
         while waiting:
             message = self._receive(deadline)
             if type(message) is Restart:
+                waiting.pop(message.neuron, None)
                 ids, self.restarted = list(dict.fromkeys(self.restarted)), []
                 self._send_wiring(ids, waiting)
             elif type(message) is wire.Ready:
-                waiting.discard(message.neuron)
+                waiting[message.neuron] -= 1
+                if waiting[message.neuron] <= 0:
+                    del waiting[message.neuron]
             else:
                 self._aside(message)
 
-    def _send_wiring(self, ids: list[str], waiting: set[str]) -> None:
+    def _send_wiring(self, ids: list[str], waiting: collections.Counter[str]) -> None:
         last = len(self.layers) - 1
         me = [self.site.coordinator]
         for nid in ids:
@@ -344,7 +351,7 @@ class Coordinator:
             upstream = me if layer == 0 else self._endpoints(layer - 1)
             message = [wire.VERSION, downstream, upstream, self.position.updates]
             self.peers[nid].send(wire.encode(wire.WIRE, *message))
-            waiting.add(nid)
+            waiting[nid] += 1
 
     def _endpoints(self, layer: int) -> list[str]:
         return [self.peers[n].endpoints[INBOX] for n in self.layers[layer]]
