@@ -59,6 +59,16 @@ CHROMIUM_FLAGS = [
 # -- the run -------------------------------------------------------------------------------------
 
 
+def learn_cleanly(tmp_path_factory, config: Path) -> None:
+    """Train from ``config`` with a socket folder of its own, and prove no socket file is left in it."""
+    sockets = tmp_path_factory.mktemp("sock")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EXMACHINA_SOCKET_DIR", str(sockets))
+        result = run_learn(config, timeout=100)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not [p for p in sockets.rglob("*") if p.is_socket()], "socket files left behind"
+
+
 @pytest.fixture(scope="module")
 def semeion(tmp_path_factory) -> tuple[RunDir, Path]:
     """One run of 256-8-10 on 30 Semeion digits (6 held out), 1 epoch, a snapshot every 5 samples:
@@ -87,12 +97,7 @@ def semeion(tmp_path_factory) -> tuple[RunDir, Path]:
             "runtime": {"snapshot_every": 5, "log_level": "warning"},
         },
     )
-    sockets = tmp_path_factory.mktemp("sock")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EXMACHINA_SOCKET_DIR", str(sockets))
-        result = run_learn(config, timeout=100)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert not [p for p in sockets.rglob("*") if p.is_socket()], "socket files left behind"
+    learn_cleanly(tmp_path_factory, config)
     return RunDir((directory / "runs" / "latest").resolve()), config
 
 
@@ -103,12 +108,7 @@ def xor(tmp_path_factory) -> RunDir:
     config = write_config(
         directory, xor_config(training={"epochs": 60}, runtime={"log_level": "warning", "snapshot_every": 10})
     )
-    sockets = tmp_path_factory.mktemp("sock")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EXMACHINA_SOCKET_DIR", str(sockets))
-        result = run_learn(config, timeout=100)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert not [p for p in sockets.rglob("*") if p.is_socket()], "socket files left behind"
+    learn_cleanly(tmp_path_factory, config)
     return RunDir((directory / "runs" / "latest").resolve())
 
 
