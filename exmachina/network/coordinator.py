@@ -82,6 +82,7 @@ class Peer:
     endpoints: dict[str, str]
     updates: int
     control: zmq.Socket | None = None  # linked by Coordinator._link before any send
+    linked: bool = False  # the coordinator's links lead to this process (not yet, or restarted)
 
     def send(self, frame: bytes) -> None:
         """A control message to this neuron."""
@@ -301,8 +302,15 @@ class Coordinator:
         self.peers[hello.neuron] = Peer(hello.neuron, hello.pid, hello.endpoints, hello.updates)
 
     def _link(self, nid: str) -> None:
-        """(Re)connect the coordinator's own links to one neuron: control, and sensor or error link."""
+        """(Re)connect the coordinator's own links to one neuron: control, and sensor or error link.
+
+        Only when the neuron is new or restarted: messages on one socket arrive in order, on two
+        they need not, and a neighbour wired twice (two restarts in a row) must take the second
+        WIRE last."""
         peer = self.peers[nid]
+        if peer.linked:
+            return
+        peer.linked = True
         for links, layer in ((self.sensors, 0), (self.error_links, len(self.layers) - 1)):
             if self.layer_of[nid] == layer:
                 if nid in links:
@@ -361,6 +369,7 @@ class Coordinator:
         peer = self.peers[nid]
         moved = endpoints != peer.endpoints
         peer.pid, peer.endpoints, peer.updates = pid, endpoints, updates
+        peer.linked = False
         lost = self.position.updates - updates
         self.restarted.append(nid)
         self.restarts += 1
