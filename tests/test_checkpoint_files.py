@@ -68,3 +68,18 @@ def test_the_consistent_cut_is_the_newest_count_every_owner_has(tmp_path):
     checkpoints.discard_after(tmp_path, ["a", "b", "coordinator"], 20)
     assert checkpoints.counts(tmp_path, "a") == [10, 20]
     assert checkpoints.counts(tmp_path, "coordinator") == [20]
+
+
+def test_pruning_below_the_cut_keeps_the_cut_and_everything_newer(tmp_path):
+    # `b` lags behind (its files come home late): the cut is 20, however many newer ones `a` has
+    for owner, counts in {"a": [0, 20, 40, 60, 80], "b": [0, 20], "coordinator": [0, 20, 40, 60, 80]}.items():
+        for count in counts:
+            checkpoints.save(tmp_path, owner, count, _state(), keep=None)
+    removed = checkpoints.prune_below_cut(tmp_path, ["a", "b", "coordinator"])
+    assert sorted(removed) == [f"checkpoints/{o}.{0:012d}.ckpt" for o in ("a", "b", "coordinator")]
+    assert checkpoints.counts(tmp_path, "a") == [20, 40, 60, 80]
+    assert checkpoints.counts(tmp_path, "b") == [20]
+    assert checkpoints.common_count(tmp_path, ["a", "b", "coordinator"]) == 20
+    # with no cut shared (an owner has no file yet) nothing goes
+    assert checkpoints.prune_below_cut(tmp_path, ["a", "b", "c"]) == []
+    assert checkpoints.counts(tmp_path, "a") == [20, 40, 60, 80]

@@ -143,10 +143,9 @@ class HostAgent:
         node = ray.get_runtime_context().get_node_id()
         return {"pid": os.getpid(), "node": node, "ip": self.site.place, "neurons": self.supervisor.pids}
 
-    def sync(self, held: Held) -> tuple[Missing, list[str]]:
+    def sync(self, held: Held) -> Missing:
         """What of this agent's files the driver lacks, given what it holds: a checkpoint it has not
-        got, whole; the tail of a log past the bytes it has (the whole log, once it rotated). And the
-        checkpoints kept here now, so that the driver lets go of those the neurons pruned."""
+        got, whole; the tail of a log past the bytes it has (the whole log, once it rotated)."""
         with self._lock:
             missing: Missing = {}
             for path in self._files():
@@ -162,10 +161,7 @@ class HostAgent:
                         with path.open("rb") as f:
                             f.seek(start)
                             missing[name] = (start, f.read(size - start))
-            return missing, [name for name in map(self._name, self._files()) if name.endswith(".ckpt")]
-
-    def _name(self, path: Path) -> str:
-        return str(path.relative_to(self.local))
+            return missing
 
     def _files(self) -> list[Path]:
         """This agent's files: its own log, and its neurons' logs and checkpoints (one listing of

@@ -31,7 +31,7 @@ from typing import Any
 
 from exmachina.config import Config
 from exmachina.model import topology
-from exmachina.model.topology import NeuronSpec
+from exmachina.model.topology import COORDINATOR, NeuronSpec
 from exmachina.network import curve
 from exmachina.rundir import checkpoints
 from exmachina.rundir.directory import RunDir, Site
@@ -301,11 +301,10 @@ class RayAgents:
     # -- files ----------------------------------------------------------------------------------
 
     def _sync(self, agent: Agent, timeout: float = CALL_TIMEOUT_S) -> None:
-        """Bring the agent's new checkpoints and log lines into the run directory, and drop the
-        checkpoints its neurons pruned."""
+        """Bring the agent's new checkpoints and log lines into the run directory."""
         ray = ray_module()
         try:
-            missing, kept = ray.get(agent.actor.sync.remote(self.held), timeout=timeout)
+            missing = ray.get(agent.actor.sync.remote(self.held), timeout=timeout)
         except Exception as exc:  # restarting, lost, or slow: the next round asks again
             self.log.debug("%s: no files this round (%s)", agent.name, type(exc).__name__)
             return
@@ -318,11 +317,17 @@ class RayAgents:
                 with target.open("ab") as f:
                     f.write(data)
                 self.held[name] = offset + len(data)
-        owned = {s.id for s in agent.specs}
-        for name in [n for n in self.held if n.startswith("checkpoints/") and n not in kept]:
-            if name.removeprefix("checkpoints/").split(".ckpt")[0].rsplit(".", 1)[0] in owned:
-                (self.run.path / name).unlink(missing_ok=True)
-                del self.held[name]
+        if missing:
+            self._prune_home()
+
+    def _prune_home(self) -> None:
+        """Keep the run directory's checkpoints down to the newest cut that every neuron and the
+        coordinator have there. The agents prune their own a second or more ahead of what has come
+        home, and a lost node's last files at home must still meet the others' in a cut that a
+        resume can take; so the coordinator leaves its pruning to this, too."""
+        owners = [s.id for s in self.specs] + [COORDINATOR]
+        for name in checkpoints.prune_below_cut(self.run.path, owners):
+            self.held.pop(name, None)
 
     # -- stop -----------------------------------------------------------------------------------
 

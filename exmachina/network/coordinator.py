@@ -194,6 +194,9 @@ class Coordinator:
         self.sample = 0
         self.position = Position()
         self.kept = checkpoints.counts(site.run_dir, COORDINATOR)  # kept current by save(), not listed again
+        # on Ray the neurons' checkpoints reach the run directory a second or more late: the driver
+        # prunes the coordinator's too, so that the newest cut they all share is never lost
+        self.keep = checkpoints.KEEP if config.placement.engine == "local" else None
         self.stop_requested_at: float | None = None
         self.backlog: collections.deque[wire.Message] = collections.deque()
         self.restarted: list[str] = []
@@ -578,8 +581,11 @@ class Coordinator:
     def checkpoint(self) -> Parameters:
         """Every neuron saves itself at the current count, then the coordinator saves its position."""
         parameters = self.collect(wire.CHECKPOINT, self.position.updates)
-        checkpoints.save(self.run.path, COORDINATOR, self.position.updates, self.position.state(), self.kept)
+        self._save_position(self.position.updates)
         return parameters
+
+    def _save_position(self, count: int) -> None:
+        checkpoints.save(self.run.path, COORDINATOR, count, self.position.state(), self.kept, self.keep)
 
     def _final_checkpoint(self) -> Parameters | None:
         """The checkpoint on a stop: a single short try, as the neurons may be going down too; None if
@@ -591,7 +597,7 @@ class Coordinator:
             return None
         if type(parameters) is Restart:
             return None
-        checkpoints.save(self.run.path, COORDINATOR, count, self.position.state(), self.kept)
+        self._save_position(count)
         return parameters
 
     def publish(self, parameters: Parameters | None = None) -> None:
@@ -649,7 +655,7 @@ class Coordinator:
         p.samples += len(flight.rows)
         p.updates += 1
         if c.runtime.checkpoint_every and p.updates % c.runtime.checkpoint_every == 0:
-            checkpoints.save(self.run.path, COORDINATOR, p.updates, p.state(), self.kept)
+            self._save_position(p.updates)
         if c.runtime.snapshot_every and p.updates % c.runtime.snapshot_every == 0:
             self.publish()
 

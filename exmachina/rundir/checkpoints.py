@@ -15,6 +15,7 @@ refused as damaged instead of loading as a wrong (say NaN) weight.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import zlib
@@ -38,9 +39,15 @@ def directory(run_dir: str | Path) -> Path:
 
 
 def save(
-    run_dir: str | Path, owner: str, count: int, state: dict[str, Any], kept: list[int] | None = None
+    run_dir: str | Path,
+    owner: str,
+    count: int,
+    state: dict[str, Any],
+    kept: list[int] | None = None,
+    keep: int | None = KEEP,
 ) -> Path:
-    """Atomically write one checkpoint and prune the owner's old ones.
+    """Atomically write one checkpoint and prune the owner's old ones down to the newest `keep`
+    (None: prune nothing, someone else does).
 
     `kept`: the owner's counts on disk, oldest first, kept up to date here. A neuron passes its own
     list, so that pruning needs no listing of a directory that holds a file per neuron several times
@@ -56,9 +63,10 @@ def save(
     elif count not in kept:
         kept.append(count)
         kept.sort()
-    for old in kept[:-KEEP]:
-        (folder / f"{owner}.{old:012d}.ckpt").unlink(missing_ok=True)
-    del kept[:-KEEP]
+    if keep is not None:
+        for old in kept[:-keep]:
+            (folder / f"{owner}.{old:012d}.ckpt").unlink(missing_ok=True)
+        del kept[:-keep]
     return path
 
 
@@ -135,6 +143,37 @@ def shared_counts(run_dir: str | Path, owners: Iterable[str]) -> list[int]:
         mine = set(counts(run_dir, owner))
         shared = mine if shared is None else shared & mine
     return sorted(shared or (), reverse=True)
+
+
+def listing(run_dir: str | Path) -> dict[str, list[int]]:
+    """Every owner's counts on disk, oldest first, from one listing of the folder (however many
+    neurons it holds files of)."""
+    found: dict[str, list[int]] = {}
+    with contextlib.suppress(FileNotFoundError), os.scandir(directory(run_dir)) as entries:
+        for entry in entries:
+            match = _NAME.match(entry.name)
+            if match:
+                found.setdefault(match["id"], []).append(int(match["count"]))
+    return {owner: sorted(found_counts) for owner, found_counts in found.items()}
+
+
+def prune_below_cut(run_dir: str | Path, owners: Iterable[str]) -> list[str]:
+    """Remove the checkpoints older than the newest cut all `owners` share, the cut a resume takes;
+    the names removed (relative to the run directory). Nothing goes while they share none."""
+    found = listing(run_dir)
+    owners = list(owners)
+    shared = set.intersection(*(set(found.get(owner, ())) for owner in owners)) if owners else set()
+    if not shared:
+        return []
+    cut = max(shared)
+    removed = []
+    for owner in owners:
+        for count in found[owner]:
+            if count < cut:
+                name = f"{owner}.{count:012d}.ckpt"
+                (directory(run_dir) / name).unlink(missing_ok=True)
+                removed.append(f"checkpoints/{name}")
+    return removed
 
 
 def common_count(run_dir: str | Path, owners: Iterable[str]) -> int | None:
