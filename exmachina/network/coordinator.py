@@ -373,6 +373,10 @@ class Coordinator:
         moved = endpoints != peer.endpoints
         peer.pid, peer.endpoints, peer.updates = pid, endpoints, updates
         peer.linked = False
+        if updates > self.position.updates:  # it checkpointed a batch the network has not counted:
+            # it takes up its newest checkpoint at or below the network's count instead (see the neuron)
+            kept = checkpoints.counts(self.run.path, nid)
+            updates = max((c for c in kept if c <= self.position.updates), default=0)
         lost = self.position.updates - updates
         self.restarted.append(nid)
         self.restarts += 1
