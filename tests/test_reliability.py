@@ -218,8 +218,12 @@ def test_a_neuron_restarted_with_a_checkpoint_ahead_of_the_network_never_learns_
                 )
                 break
             except AssertionError:
+                stopped_at = checkpoints.counts(run, COORDINATOR)[-1]
                 for pid in inputs:
                     os.kill(pid, signal.SIGCONT)
+                # stop again only once the network has moved on: under load, a stop right after
+                # the SIGCONT would catch it where it was, try after try
+                wait_for(lambda at=stopped_at: checkpoints.counts(run, COORDINATOR)[-1] > at, timeout=30)
         assert ahead, "the hidden layer never got ahead of the network"
         os.kill(wait_for(lambda: neuron_pid(proc, "neuron hidden1.0")), signal.SIGKILL)
         for pid in inputs:
