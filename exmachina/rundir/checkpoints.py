@@ -138,11 +138,11 @@ def newest_readable(
 
 def shared_counts(run_dir: str | Path, owners: Iterable[str]) -> list[int]:
     """Every count all owners have a checkpoint for, newest first: the consistent cuts."""
-    shared: set[int] | None = None
-    for owner in owners:
-        mine = set(counts(run_dir, owner))
-        shared = mine if shared is None else shared & mine
-    return sorted(shared or (), reverse=True)
+    return sorted(_shared(listing(run_dir), list(owners)), reverse=True)
+
+
+def _shared(found: dict[str, list[int]], owners: list[str]) -> set[int]:
+    return set.intersection(*(set(found.get(owner, ())) for owner in owners)) if owners else set()
 
 
 def listing(run_dir: str | Path) -> dict[str, list[int]]:
@@ -162,7 +162,7 @@ def prune_below_cut(run_dir: str | Path, owners: Iterable[str]) -> list[str]:
     the names removed (relative to the run directory). Nothing goes while they share none."""
     found = listing(run_dir)
     owners = list(owners)
-    shared = set.intersection(*(set(found.get(owner, ())) for owner in owners)) if owners else set()
+    shared = _shared(found, owners)
     if not shared:
         return []
     cut = max(shared)
