@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -307,3 +308,42 @@ def test_a_follower_sees_every_line_once_however_the_file_rotates(tmp_path):
         seen += [r.message for r in source.poll()]
     assert seen == [f"line {i} {'x' * 30}" for i in range(1, written + 1)]
     close_log(log)
+
+
+@pytest.mark.unit
+def test_a_follower_loses_no_line_to_a_rotation_that_happens_while_it_reads(tmp_path):
+    """A writer thread rotates the real log (about 20 lines a file) while the follower polls; the
+    interpreter switches threads every few microseconds, so rotations land inside polls, between a
+    follower's listing of the files and its opening them. The writer keeps within three files of
+    the follower: a file rotated out of existence before anyone read it is lost to every reader."""
+    switch = sys.getswitchinterval()
+    path, total, window = tmp_path / "n.log", 4_000, 60
+    log = open_log("n", path, "debug", 1_500, 8)
+    source = Source(path)
+    seen = [r.message for r in source.backlog(whole=False)]
+    caught_up = threading.Condition()
+
+    def write() -> None:
+        for i in range(1, total + 1):
+            with caught_up:
+                caught_up.wait_for(lambda i=i: len(seen) >= i - window, timeout=30)
+            log.info("line %d %s", i, "x" * 30)
+
+    writer = threading.Thread(target=write, daemon=True)
+    sys.setswitchinterval(1e-5)
+    writer.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(seen) < total and time.monotonic() < deadline:
+            fresh = [r.message for r in source.poll()]
+            with caught_up:
+                seen.extend(fresh)
+                caught_up.notify()
+        writer.join(timeout=30)
+        seen += [r.message for r in source.poll()]
+    finally:
+        sys.setswitchinterval(switch)
+        source.close()
+        close_log(log)
+    numbers = [int(m.split()[1]) for m in seen]
+    assert numbers == list(range(1, total + 1)), "a gap or a repeat across a rotation"

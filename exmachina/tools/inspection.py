@@ -144,7 +144,11 @@ class RunView:
         return logview.Source(self.dir.log(process_id), process_id)
 
     def records(self, process_id: str, level: int = 0) -> Iterator[logview.Record]:
-        return self.source(process_id).backlog(level)
+        source = self.source(process_id)
+        try:
+            yield from source.backlog(level)
+        finally:
+            source.close()
 
     def summary(self) -> dict[str, Any] | None:
         try:
@@ -201,14 +205,18 @@ def show_logs(
             out.write((record.as_json() if as_json else record.text) + "\n")
         out.flush()
 
-    emit(logview.merge([s.backlog(threshold) for s in sources]))
-    if view.config.runtime.log_level == "off":
-        print(f"exmachina: {view.name} runs with log_level off: it writes no logs", file=sys.stderr)
-    if follow:
-        if view.finished():
-            emit(sorted((r for s in sources for r in s.poll(threshold)), key=lambda r: r.stamp))
-        else:
-            logview.follow(sources, emit, view.finished, threshold)
+    try:
+        emit(logview.merge([s.backlog(threshold, whole=not follow) for s in sources]))
+        if view.config.runtime.log_level == "off":
+            print(f"exmachina: {view.name} runs with log_level off: it writes no logs", file=sys.stderr)
+        if follow:
+            if view.finished():
+                emit(sorted((r for s in sources for r in s.poll(threshold)), key=lambda r: r.stamp))
+            else:
+                logview.follow(sources, emit, view.finished, threshold)
+    finally:
+        for source in sources:
+            source.close()
     return 0
 
 

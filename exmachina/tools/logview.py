@@ -23,6 +23,7 @@ _STAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6} ")
 STAMP_WIDTH = 26
 RANKS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 CHUNK = 1 << 20
+_TRIES = 100  # listings of a log that a writer keeps rotating, before going on with what is there
 
 
 @dataclass(slots=True)
@@ -102,123 +103,139 @@ def _open(path: Path) -> IO[bytes] | None:
         return None
 
 
-def _lines(fh: IO[bytes], end: int | None = None) -> Iterator[bytes]:
-    """Complete lines of an open file from where it stands, up to byte `end` (None: its end)."""
-    left = end - fh.tell() if end is not None else None
-    rest = b""
-    while left is None or left > 0:
-        chunk = fh.read(CHUNK if left is None else min(CHUNK, left))
-        if not chunk:
+def _listing(base: Path) -> list[tuple[int, Path]]:
+    """(inode, path) of every file of one log, oldest first."""
+    found = []
+    for path in [*rotated(base), base]:
+        try:
+            found.append((path.stat().st_ino, path))
+        except FileNotFoundError:  # renamed or removed since the directory was read
+            continue
+    return found
+
+
+def _snapshot(base: Path) -> list[tuple[int, Path]]:
+    """The files of one log as they stood at one moment: two listings in a row that agree. Files only
+    move up the suffixes, so a name that shows one file in both listings held it in between; and at
+    every moment, even halfway through a rotation, suffix order is age order."""
+    listing = _listing(base)
+    for _ in range(_TRIES):
+        again = _listing(base)
+        if again == listing:
             break
-        if left is not None:
-            left -= len(chunk)
-        lines = (rest + chunk).split(b"\n")
-        rest = lines.pop()
-        yield from lines
-    if rest:
-        yield rest
+        listing = again
+    return listing
+
+
+def _read(fh: IO[bytes]) -> Iterator[bytes]:
+    """An open file from where it stands to its end, in pieces."""
+    while chunk := fh.read(CHUNK):
+        yield chunk
 
 
 class Source:
-    """One process's log: what is there now (rotated files first), then what it writes next."""
+    """One process's log read as one stream, oldest line first, across its rotated files: a cursor
+    that holds the file it is in open, as `tail -F` does, so a rotation (or several, or one that
+    removes the file) never takes the lines it has not read yet."""
 
     def __init__(self, base: Path, name: str | None = None) -> None:
         self.base = base
         self.name = name or base.name.removesuffix(".log")
-        self.inode: int | None = None  # of the file being followed, and how far it has been read
-        self.offset = 0
-        self.partial = b""
-        self.stamp = ""
+        self.partial = b""  # an unfinished last line, completed by the next read
+        self.stamp = ""  # of the last record read: an unstamped line after it carries it
+        self._fh: IO[bytes] | None = None  # the file the cursor is in
 
-    def backlog(self, level: int = 0) -> Iterator[Record]:
-        """Everything written so far, oldest first. The live file is pinned (opened) at once, so a
-        rotation while the caller reads the backlog loses nothing that `poll` will not bring."""
-        live = _open(self.base)
-        if live is not None:
-            st = os.fstat(live.fileno())
-            self.inode, self.offset = st.st_ino, st.st_size
-        return self._backlog(live, self.offset, level)
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
-    def _backlog(self, live: IO[bytes] | None, end: int, level: int) -> Iterator[Record]:
+    def backlog(self, level: int = 0, whole: bool = True) -> Iterator[Record]:
+        """Everything written so far, oldest first. A follower passes `whole=False`: an unfinished
+        last line then waits for `poll` to bring the rest of it."""
+
         def lines() -> Iterator[bytes]:
-            for path in rotated(self.base):
-                try:
-                    with open(path, "rb") as fh:
-                        yield from _lines(fh)
-                except FileNotFoundError:  # rotated away while we read
-                    continue
-            if live is not None:
-                with live:
-                    yield from _lines(live, end)
+            yield from self._lines()
+            if whole and self.partial:
+                yield self.partial
+                self.partial = b""
 
         for record in records(lines(), self.name):
             self.stamp = record.stamp or self.stamp
             if record.rank >= level:
                 yield record
 
-    def grep(self, needle: bytes) -> Iterator[Record]:
-        """The stamped lines (of every file of this log, oldest first) that contain `needle`: a fast
-        scan of a large debug log, without parsing the lines that do not match."""
-        for path in [*rotated(self.base), self.base]:
-            fh = _open(path)
-            if fh is None:
-                continue
-            with fh:
-                for raw in _lines(fh):
-                    if needle in raw:
-                        record = parse(raw.decode("utf-8", "replace"))
-                        if record is not None:
-                            yield record
-
     def poll(self, level: int = 0) -> list[Record]:
         """Records written since the last call (or the backlog), following the file across rotation."""
-        chunks: list[bytes] = []
-        fh = _open(self.base)
-        try:
-            st = os.fstat(fh.fileno()) if fh is not None else None
-            if self.inode is not None and (st is None or st.st_ino != self.inode):
-                chunks.extend(self._rotated_since())
-                self.inode, self.offset = None, 0
-            if fh is not None and st is not None:
-                if self.inode is None:
-                    self.inode, self.offset = st.st_ino, 0
-                elif st.st_size < self.offset:  # truncated in place
-                    self.offset = 0
-                fh.seek(self.offset)
-                data = fh.read()
-                self.offset += len(data)
-                chunks.append(data)
-        finally:
-            if fh is not None:
-                fh.close()
-        data = self.partial + b"".join(chunks)
-        complete, _, self.partial = data.rpartition(b"\n")
-        if not complete:
-            return []
-        found = list(records(complete.split(b"\n"), self.name, self.stamp))
+        found = list(records(self._lines(), self.name, self.stamp))
         if found:
             self.stamp = found[-1].stamp or self.stamp
         return [r for r in found if r.rank >= level]
 
-    def _rotated_since(self) -> list[bytes]:
-        """The followed file was renamed away: the rest of it, and any file rotated after it."""
-        files = rotated(self.base)  # oldest first
-        for i, path in enumerate(files):
+    def grep(self, needle: bytes) -> Iterator[Record]:
+        """The stamped lines (of every file of this log, oldest first) that contain `needle`: a fast
+        scan of a large debug log, without parsing the lines that do not match."""
+        try:
+            for raw in self._lines():
+                if needle in raw:
+                    record = parse(raw.decode("utf-8", "replace"))
+                    if record is not None:
+                        yield record
+        finally:
+            self.close()
+
+    def _lines(self) -> Iterator[bytes]:
+        """Complete lines from the cursor to what is written now; an unfinished last one waits in
+        `partial`."""
+        for chunk in self._chunks():
+            lines = (self.partial + chunk).split(b"\n")
+            self.partial = lines.pop()
+            yield from lines
+
+    def _chunks(self) -> Iterator[bytes]:
+        """What was written since the cursor, in pieces, on across every rotation since."""
+        if self._fh is None and not self._advance():
+            return  # no file yet
+        while True:
+            fh = self._fh
+            assert fh is not None
+            if os.fstat(fh.fileno()).st_size < fh.tell():  # truncated in place
+                fh.seek(0)
+            yield from _read(fh)
+            if self._is_live(fh):
+                return
+            yield from _read(fh)  # renamed away: the writer has closed it, so this is its end
+            if not self._advance():
+                return  # its successor is not there yet: the next read goes on from here
+
+    def _is_live(self, fh: IO[bytes]) -> bool:
+        """Whether the log's own name is still the file the cursor is in."""
+        try:
+            return self.base.stat().st_ino == os.fstat(fh.fileno()).st_ino
+        except FileNotFoundError:  # halfway through a rotation
+            return False
+
+    def _advance(self) -> bool:
+        """Move the cursor to the start of the next file (the oldest, when it is in none); False when
+        there is none yet. The file left is closed only once the next one is open, so that its inode
+        cannot be taken by a new file meanwhile."""
+        current = os.fstat(self._fh.fileno()).st_ino if self._fh is not None else None
+        for _ in range(_TRIES):
+            files = _snapshot(self.base)
+            inodes = [inode for inode, _ in files]
+            # a file no longer listed was rotated out of existence: every file listed is newer
+            newer = files[inodes.index(current) + 1 :] if current in inodes else files
+            if not newer:
+                return False
+            inode, path = newer[0]
             fh = _open(path)
-            if fh is None:
-                continue
-            with fh:
-                if os.fstat(fh.fileno()).st_ino != self.inode:
-                    continue
-                fh.seek(self.offset)
-                out = [fh.read()]
-            for newer in files[i + 1 :]:
-                try:
-                    out.append(newer.read_bytes())
-                except FileNotFoundError:
-                    continue
-            return out
-        return []  # rotated out of existence before we came back: those lines are lost
+            if fh is not None and os.fstat(fh.fileno()).st_ino == inode:
+                self.close()
+                self._fh = fh
+                return True
+            if fh is not None:  # rotated again since the listing: list again
+                fh.close()
+        return False
 
 
 def merge(streams: Iterable[Iterable[Record]]) -> Iterator[Record]:
