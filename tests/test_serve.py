@@ -291,6 +291,39 @@ def _samples_launched(served: Served) -> int:
     return 0
 
 
+def test_serving_goes_on_supervised_after_its_zygote_is_killed(xor_run):
+    """The neurons a killed zygote leaves come to the supervisor, not to init: `exmachina kill` still
+    finds them as this run's, and one killed then is restarted and answers right."""
+    run, model = xor_run
+    with serving(run) as served:
+        mine = {p.pid for p in psutil.Process(served.proc.pid).children(recursive=True)}
+        zygote = next(
+            pid
+            for pid, title in exmachina_processes().items()
+            if pid in mine and title == "exmachina: supervisor [zygote]"
+        )
+        victim = served.neuron_pids()["hidden1.1"]
+        os.kill(zygote, signal.SIGKILL)
+        wait_for(lambda: not psutil.pid_exists(zygote) or psutil.Process(zygote).status() == "zombie")
+        assert served.neuron_pids().get("hidden1.1") == victim, "the neurons left the supervisor's tree"
+        wait_for(lambda: (served.directory / "stats.json").exists(), timeout=30)
+        killer = subprocess.run(
+            [sys.executable, "-m", "exmachina", "kill", str(served.directory), "--neuron", "hidden1.1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert killer.returncode == 0, killer.stderr
+        wait_for(lambda: served.neuron_pids().get("hidden1.1") not in (None, victim), timeout=30)
+        said = "exmachina: neuron hidden1.1 ended (killed by SIGKILL): restarting it with the model's weights"
+        wait_for(lambda: said in served.lines, timeout=30)
+        status, answer = served.post({"inputs": [[1, 0], [1, 1]]})
+        assert status == 200, answer
+        np.testing.assert_allclose(answer["outputs"], model.predict([[1, 0], [1, 1]]), rtol=0, atol=1e-9)
+        assert interrupt(served.proc) == 0
+    assert "exmachina: stopping: answering the requests in flight ..." in served.lines
+
+
 def test_a_stalled_network_fails_its_request_with_503_and_serves_on(tmp_path):
     run, model = known_run(tmp_path, training={"learning_rate": 0.5, "epochs": 1, "stall_timeout": 2.0})
     with serving(run) as served:

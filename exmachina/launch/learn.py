@@ -7,10 +7,8 @@ coordinator to the generic `supervisor` package and waits for the coordinator to
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
-import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -26,7 +24,19 @@ from exmachina.data import datasets
 from exmachina.data.datasets import DatasetError
 from exmachina.launch import capacity, placement
 from exmachina.launch.children import NEURON_PRELOAD, neuron_children
-from exmachina.launch.memory import PeakMemory
+from exmachina.launch.running import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_STALLED,
+    SIGNAL_EXIT,
+    SUPERVISOR_TITLE,
+    Ending,
+    coordinator_address,
+    network_supervisor,
+    set_title,
+    supervise,
+)
 from exmachina.model import learning, topology
 from exmachina.model import parameters as parameters_module
 from exmachina.model.parameters import Parameters
@@ -36,11 +46,10 @@ from exmachina.network import curve, transport
 from exmachina.network.coordinator import NO_SPACE, NO_SPACE_EXIT, Position, all_finite, coordinate
 from exmachina.rundir import checkpoints
 from exmachina.rundir.directory import RunDir, Site, resolve
-from exmachina.rundir.logs import Log, close_log, open_log
-from supervisor import ChildSpec, Event, Outcome, Supervisor
+from exmachina.rundir.logs import open_log
+from supervisor import ChildSpec
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STALLED = 0, 1, 2, 3
-SIGNAL_EXIT: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}
+STOPPING = "saving the model and a checkpoint"  # what Ctrl-C does, said at once
 
 
 def prepare(config_path: str | Path, new_run: bool = True) -> tuple[Config, datasets.Dataset]:
@@ -170,8 +179,8 @@ def _learn(
     """Lay out the run, start the supervisor with every child, wait for the end, write the summary.
     `host`: the address tcp processes bind here (this Ray node's address on a Ray placement)."""
     try:
-        _set_title("exmachina: supervisor")
-        coordinator = _coordinator_address(config, sockets, host)
+        set_title(SUPERVISOR_TITLE)
+        coordinator = coordinator_address(config, sockets, host)
     except (transport.TransportError, OSError) as exc:
         print(f"exmachina: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -218,26 +227,13 @@ def _learn(
     (run.path / coordinator_module.ADDRESS_FILE).unlink(missing_ok=True)  # a resumed run's, stale
     log = open_log("supervisor", run.log("supervisor"), rt.log_level, rt.log_max_bytes, rt.log_backups)
     actors = placement.RayAgents(config, site, specs, run, log) if on_ray else None
-    sup = _supervisor(children, config, log)
+    sup = network_supervisor(children, rt, log, NEURON_PRELOAD, comeback="from its checkpoint")
     verb = f"resuming at update {updates}" if resumption else "run directory"
     hello = f"exmachina: {len(specs)} neurons + coordinator, {verb} {run.path}"
-    ending = _supervise(sup, actors, keys, run, log, len(specs), lambda: out(hello))
+    ending = supervise(sup, run, log, len(specs), lambda: out(hello), STOPPING, actors, keys)
     summary = _summarize(config, run, ending, processes=len(specs) + 2)
     out(_describe(summary, run))
     return _exit_code(config, run, ending, actors, summary)
-
-
-def _coordinator_address(config: Config, sockets: Path | None, host: str) -> str:
-    """Where the coordinator binds: an ipc socket in `sockets` (the longest names are checked up
-    front, so that a socket directory too deep fails here, not in a child) or any tcp port of
-    `host`, the one the coordinator's own bind gets."""
-    if sockets is None:
-        return f"tcp://{host}:*"  # the coordinator binds, then publishes the port it got
-    coordinator = transport.bind_address("ipc", str(sockets), COORDINATOR)
-    for layer in range(len(config.layer_sizes)):
-        longest = topology.layer_ids(config, layer)[-1]  # the highest index has the most digits
-        transport.bind_address("ipc", str(sockets), topology.socket_name(longest))
-    return coordinator
 
 
 def _starting_point(
@@ -260,88 +256,14 @@ def _starting_point(
     return run, start, updates, position
 
 
-def _supervisor(children: list[ChildSpec], config: Config, log: Log) -> Supervisor:
-    rt = config.runtime
-    return Supervisor(
-        children,
-        strategy="one_for_one",
-        intensity=rt.max_restarts,
-        period=rt.restart_period,
-        auto_shutdown="any_significant",
-        preload=NEURON_PRELOAD,
-        on_event=lambda e: _log_event(log, e),
-        subreaper=True,  # a killed zygote's children come to this process, which reads how they exit
+def _crashed(ending: Ending) -> bool:
+    """Stopped by too many restarts, or the coordinator died unasked."""
+    return ending.outcome.reason == "intensity_exceeded" or (
+        not ending.signals and ending.code not in (0, EXIT_STALLED, NO_SPACE_EXIT)
     )
 
 
-@dataclass
-class _Ending:
-    """How the supervised run ended."""
-
-    outcome: Outcome
-    signals: list[int]  # SIGINT or SIGTERM received, which stopped it
-    peak_pss: int  # bytes, the whole tree
-
-    @property
-    def code(self) -> int | None:
-        """The coordinator's exit code."""
-        return self.outcome.exitcodes.get(COORDINATOR)
-
-    @property
-    def crashed(self) -> bool:
-        """Stopped by too many restarts, or the coordinator died unasked."""
-        return self.outcome.reason == "intensity_exceeded" or (
-            not self.signals and self.code not in (0, EXIT_STALLED, NO_SPACE_EXIT)
-        )
-
-
-def _supervise(
-    sup: Supervisor,
-    actors: placement.RayAgents | None,
-    keys: dict[str, curve.Keypair] | None,
-    run: RunDir,
-    log: Log,
-    neurons: int,
-    started: Callable[[], None],
-) -> _Ending:
-    """Run the supervisor (and the Ray actors) until the run ends or SIGINT/SIGTERM asks it to stop;
-    whatever happens, stop all it started, put the signal handlers back and close the log."""
-    received: list[int] = []
-
-    def on_signal(signum: int, frame: object) -> None:
-        if not received:
-            print("\nexmachina: stopping: saving the model and a checkpoint ...", file=sys.stderr, flush=True)
-        received.append(signum)
-        sup.request_stop()
-
-    previous = {s: signal.signal(s, on_signal) for s in SIGNAL_EXIT}
-    memory = PeakMemory(interval=2.0 + 0.02 * neurons)
-    try:
-        started()
-        sup.start()
-        if actors is not None:  # a node that cannot go on stops the run, as too many restarts do here
-            try:
-                bound = coordinator_module.await_address(str(run.path))
-            except TimeoutError as exc:  # the coordinator died before it bound: its exit ends the run
-                log.error("%s", exc)
-                sup.request_stop()
-            else:
-                actors.site = dataclasses.replace(actors.site, coordinator=bound)
-                actors.start(keys, on_failure=sup.request_stop)
-        memory.start()
-        outcome = sup.run()
-    finally:
-        if actors is not None:
-            actors.stop()
-        sup.stop()
-        memory.stop()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        close_log(log)
-    return _Ending(outcome, received, memory.peak)
-
-
-def _summarize(config: Config, run: RunDir, ending: _Ending, processes: int) -> dict:
+def _summarize(config: Config, run: RunDir, ending: Ending, processes: int) -> dict:
     """The coordinator's summary.json with the supervisor's side of the story added, written back;
     a crashed or diverged run also saves the model its neurons' checkpoints hold (for a diverged
     one the newest whose weights are all finite). On a full disk what cannot be written is left."""
@@ -351,7 +273,7 @@ def _summarize(config: Config, run: RunDir, ending: _Ending, processes: int) -> 
         summary = {"status": "failed"}
     if ending.code == NO_SPACE_EXIT:
         summary["status"] = "disk_full"
-    elif ending.crashed:
+    elif _crashed(ending):
         summary["status"] = "crashed"
     try:
         if summary["status"] in ("crashed", "diverged"):
@@ -371,7 +293,7 @@ def _summarize(config: Config, run: RunDir, ending: _Ending, processes: int) -> 
 
 
 def _exit_code(
-    config: Config, run: RunDir, ending: _Ending, actors: placement.RayAgents | None, summary: dict
+    config: Config, run: RunDir, ending: Ending, actors: placement.RayAgents | None, summary: dict
 ) -> int:
     """The exit code, with a line on stderr saying how to resume a run that failed."""
     rt = config.runtime
@@ -395,7 +317,7 @@ def _exit_code(
             file=sys.stderr,
         )
         return EXIT_FAILED
-    if ending.crashed:
+    if _crashed(ending):
         print(
             f"exmachina: the coordinator died (exit code {ending.code}); resume with: exmachina learn "
             f"--resume {run.path}",
@@ -498,34 +420,6 @@ def _describe(s: dict, run: RunDir) -> str:
     written = [f.name for f in (run.model, run.metrics, run.summary) if f.exists()]
     lines.append(f"  run: {run.path}  ({', '.join([*written, 'neurons/*.log'])})")
     return "\n".join(lines)
-
-
-def _log_event(log: Log, event: Event) -> None:
-    failed = event.kind in ("exited", "restarting", "intensity_exceeded") and event.exitcode
-    say = log.warning if failed else log.info
-    say("%s %s pid=%s exitcode=%s", event.kind, event.child or "", event.pid, event.exitcode)
-    if event.kind == "restarting" and event.child != COORDINATOR:
-        print(
-            f"exmachina: neuron {event.child} ended ({_how(event.exitcode)}): restarting it from its "
-            "checkpoint",
-            file=sys.stderr,
-            flush=True,
-        )
-
-
-def _how(exitcode: int | None) -> str:
-    if exitcode is not None and -exitcode in signal.valid_signals():
-        return f"killed by {signal.Signals(-exitcode).name}"
-    return f"exit code {exitcode}"
-
-
-def _set_title(title: str) -> None:
-    try:
-        import setproctitle
-
-        setproctitle.setproctitle(title)
-    except ImportError:  # pragma: no cover - it is a dependency
-        pass
 
 
 def main(

@@ -19,14 +19,15 @@ from pathlib import Path
 
 from exmachina.config import Config, ConfigError
 from exmachina.launch.children import neuron_children
-from exmachina.launch.learn import (
+from exmachina.launch.running import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
     EXIT_OK,
-    _coordinator_address,
-    _log_event,
-    _set_title,
-    _supervise,
+    SUPERVISOR_TITLE,
+    coordinator_address,
+    network_supervisor,
+    set_title,
+    supervise,
 )
 from exmachina.model import topology
 from exmachina.model.parameters import Parameters
@@ -37,7 +38,7 @@ from exmachina.network.neuron import MAX_PENDING
 from exmachina.network.server import Options, serve_network
 from exmachina.rundir.directory import RunDir, Site, resolve
 from exmachina.rundir.logs import open_log
-from supervisor import ChildSpec, Supervisor
+from supervisor import ChildSpec
 
 DEFAULT_PORT = 8700
 IN_FLIGHT = 16  # batches in the network at once
@@ -119,8 +120,8 @@ def _serve(
 ) -> int:
     rt = config.runtime
     try:
-        _set_title("exmachina: supervisor")
-        coordinator = _coordinator_address(config, sockets, rt.host)
+        set_title(SUPERVISOR_TITLE)
+        coordinator = coordinator_address(config, sockets, rt.host)
         served = serve_dir(run)
     except (transport.TransportError, OSError) as exc:
         print(f"exmachina: {exc}", file=sys.stderr)
@@ -149,17 +150,11 @@ def _serve(
         title="exmachina: coordinator",  # the title the tools know it by
     )
     log = open_log("supervisor", served.log("supervisor"), rt.log_level, rt.log_max_bytes, rt.log_backups)
-    sup = Supervisor(
-        [*neuron_children(specs, site, keys), server],
-        strategy="one_for_one",
-        intensity=rt.max_restarts,
-        period=rt.restart_period,
-        auto_shutdown="any_significant",
-        preload=["exmachina.network.neuron", "exmachina.network.server", "psutil"],
-        on_event=lambda e: _log_event(log, e),
-    )
+    preload = ["exmachina.network.neuron", "exmachina.network.server", "psutil"]
+    children = [*neuron_children(specs, site, keys), server]
+    sup = network_supervisor(children, rt, log, preload, comeback="with the model's weights")
     hello = f"exmachina: {len(specs)} neurons + coordinator for {run.path}, logs in {served.path}"
-    ending = _supervise(sup, None, keys, served, log, len(specs), lambda: out(hello))
+    ending = supervise(sup, served, log, len(specs), lambda: out(hello), "answering the requests in flight")
     summary = served.read_summary()
     if summary is not None:
         out(
