@@ -5,6 +5,15 @@ from __future__ import annotations
 import socket
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+MAX_PORT = 65535
+
+
+def port_problem(port: int) -> str | None:
+    """What is wrong with a `--port`, in the words of the option; None when it can be asked for."""
+    if 0 <= port <= MAX_PORT:
+        return None
+    return f"--port must be 0 to {MAX_PORT} (0: any free port), got {port}"
+
 
 class LocalHTTPServer(ThreadingHTTPServer):
     """Bound in the constructor (port 0: the port the OS gives, read back in `url`, never picked by

@@ -230,8 +230,9 @@ def test_bad_and_oversized_requests_are_refused_in_one_line(xor_run):
         status, answer = served.post({"inputs": [[0, 1]]})
         assert status == 200
         np.testing.assert_allclose(answer["outputs"], model.predict([[0, 1]]), rtol=0, atol=1e-9)
-        # a second server on the same port: one line, exit 2, nothing left running
+        # a second server on the same port: one line, exit 2, nothing left running, no serve directory
         port = served.address[1]
+        before = set(run.glob("serve-*"))
         other = subprocess.run(
             [sys.executable, "-m", "exmachina", "serve", str(run), "--port", str(port)],
             capture_output=True,
@@ -239,7 +240,9 @@ def test_bad_and_oversized_requests_are_refused_in_one_line(xor_run):
             timeout=START_TIMEOUT_S,
         )
         assert other.returncode == 2
-        assert f"exmachina: cannot serve on 127.0.0.1:{port}: Address already in use" in other.stderr
+        assert other.stderr.startswith(f"exmachina: cannot serve on 127.0.0.1:{port}: Address already in use")
+        assert other.stderr.count("\n") == 1, other.stderr
+        assert set(run.glob("serve-*")) == before
 
 
 def _stream(served: Served, rows: np.ndarray, answers: list, stop: threading.Event) -> None:
@@ -346,6 +349,28 @@ def test_ctrl_c_ends_every_process_and_leaves_no_socket(xor_run):
         assert interrupt(served.proc) == 0
     assert not pids & set(exmachina_processes()), "a neuron outlived Ctrl-C"
     assert RunDir(served.directory).read_summary()["status"] == "stopped"
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--port", "99999"], "--port must be 0 to 65535 (0: any free port), got 99999"),
+        (["--port", "-1"], "--port must be 0 to 65535 (0: any free port), got -1"),
+        (["--port", "0", "--batch", "0"], "--in-flight must be 1 to"),
+    ],
+)
+def test_a_bad_option_is_one_line_exit_2_and_starts_nothing(xor_run, args, said):
+    run, _ = xor_run
+    before = set(run.glob("serve-*"))
+    result = subprocess.run(
+        [sys.executable, "-m", "exmachina", "serve", str(run), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"exmachina: {said}") and result.stderr.count("\n") == 1, result.stderr
+    assert result.stdout == "" and set(run.glob("serve-*")) == before
 
 
 def test_a_run_without_a_model_is_one_line_and_exit_2(tmp_path):

@@ -529,6 +529,19 @@ def test_view_and_report_refuse_a_missing_run(tmp_path, capsys):
     assert capsys.readouterr().err.count("no run directory") == 2
 
 
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_view_refuses_a_port_out_of_range_in_one_line(tmp_path, port):
+    (tmp_path / "run").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "exmachina", "view", str(tmp_path / "run"), "--port", port],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr == f"exmachina: --port must be 0 to 65535 (0: any free port), got {port}\n"
+
+
 # -- reading a run defensively, without processes ------------------------------------------------
 
 

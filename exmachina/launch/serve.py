@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from exmachina import web
 from exmachina.config import Config, ConfigError
 from exmachina.launch.children import neuron_children
 from exmachina.launch.running import (
@@ -60,6 +61,8 @@ def serve(
                 f"--in-flight must be 1 to {MAX_PENDING} (the samples a neuron holds at once) and --batch "
                 f"at least 1, got {in_flight} and {batch}"
             )
+        if problem := web.port_problem(port):
+            raise ModelError(problem)
         where, config, parameters = model_of(run)
         sockets = transport.socket_dir() if config.runtime.transport == "ipc" else None
     except (ModelError, ConfigError, transport.TransportError, OSError) as exc:
@@ -155,6 +158,9 @@ def _serve(
     sup = network_supervisor(children, rt, log, preload, comeback="with the model's weights")
     hello = f"exmachina: {len(specs)} neurons + coordinator for {run.path}, logs in {served.path}"
     ending = supervise(sup, served, log, len(specs), lambda: out(hello), "answering the requests in flight")
+    if ending.code == EXIT_BAD_INPUT and not ending.signals:  # its port: the coordinator said which
+        shutil.rmtree(served.path, ignore_errors=True)  # it served nothing: leave nothing
+        return EXIT_BAD_INPUT
     summary = served.read_summary()
     if summary is not None:
         out(

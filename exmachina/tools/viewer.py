@@ -32,7 +32,7 @@ import numpy as np
 
 from exmachina.model.parameters import Parameters
 from exmachina.rundir.directory import RunDir, resolve
-from exmachina.web import LocalHTTPServer
+from exmachina.web import LocalHTTPServer, port_problem
 
 DEFAULT_PORT = 8050
 POLL_MS = 1000
@@ -344,6 +344,9 @@ def main(run: str | None, host: str, port: int, out: Callable = print) -> int:
     rundir = resolve(run)
     if not rundir.path.is_dir():
         print(f"exmachina: no run directory at {rundir.path}", file=sys.stderr)
+        return 2
+    if problem := port_problem(port):
+        print(f"exmachina: {problem}", file=sys.stderr)
         return 2
     return serve(rundir, host, port, out)
 
