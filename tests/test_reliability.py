@@ -22,6 +22,7 @@ from exmachina.config import ConfigError, config_from_dict
 from exmachina.model.parameters import Parameters
 from exmachina.model.topology import COORDINATOR
 from exmachina.rundir import checkpoints
+from exmachina.rundir.directory import RunDir
 from tests.helpers import learn_command, run_dir, run_learn, start_learn, wait_for, write_config, xor_config
 
 CLEAR_TCP = {"transport": "tcp", "curve": "off"}
@@ -340,6 +341,61 @@ def test_a_run_whose_zygote_was_killed_and_then_completes_is_reported_completed(
     assert code == 0, err
     assert "completed after 300 epochs" in out
     assert json.loads((run_dir(tmp_path) / "summary.json").read_text())["status"] == "completed"
+
+
+# -- one run, one supervisor -------------------------------------------------------------------------
+
+
+def test_a_run_still_running_is_not_resumed_beside_itself(tmp_path):
+    """A second supervisor on one run directory would truncate the metrics and drop the checkpoints
+    the first one is writing: the resume is one line and exit 2, and the live run goes on untouched."""
+    proc = start_learn(write_config(tmp_path, xor_config(training={"epochs": 100_000})))
+    try:
+        wait_for(lambda: epochs_done(tmp_path) >= 5, timeout=60)
+        run = run_dir(tmp_path)
+        refused = resume(run)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr == (
+            f"exmachina: {run}: this run is still running (exmachina ps {run} lists its processes): "
+            "stop it first\n"
+        )
+        done = epochs_done(tmp_path)
+        wait_for(lambda: epochs_done(tmp_path) >= done + 5, timeout=60)  # it goes on
+        proc.send_signal(signal.SIGTERM)
+        code, _, err = finish(proc)
+    finally:
+        proc.kill()
+    assert code == 143, err
+    epochs = [m["epoch"] for m in RunDir(run).read_metrics() if m.get("event") == "epoch"]
+    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) >= done + 5
+    # stopped, it is resumable at once: the claim died with the process that held it
+    again = subprocess.Popen(
+        [sys.executable, "-m", "exmachina.supervisor", "--resume", str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    try:
+        assert "resuming at update" in again.stdout.readline()
+        again.send_signal(signal.SIGTERM)
+        code, _, err = finish(again)
+    finally:
+        again.kill()
+    assert code == 143, err
+
+
+def test_a_completed_run_is_not_resumed_and_not_touched(tmp_path):
+    assert run_learn(write_config(tmp_path, xor_config(training={"epochs": 20}))).returncode == 0
+    run = run_dir(tmp_path)
+    kept = {p: p.read_bytes() for p in (run / "metrics.jsonl", run / "model.npz", run / "summary.json")}
+    refused = resume(run)
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        f"exmachina: {run}: completed after 20 epochs: nothing to resume (its model is {run / 'model.npz'})\n"
+    )
+    assert {p: p.read_bytes() for p in kept} == kept
 
 
 # -- stops that say what happened ----------------------------------------------------------------------

@@ -45,7 +45,7 @@ from exmachina.network import coordinator as coordinator_module
 from exmachina.network import curve, transport
 from exmachina.network.coordinator import NO_SPACE, NO_SPACE_EXIT, Position, all_finite, coordinate
 from exmachina.rundir import checkpoints
-from exmachina.rundir.directory import RunDir, Site, resolve
+from exmachina.rundir.directory import RunDir, RunInUse, Site, resolve
 from exmachina.rundir.logs import open_log
 from supervisor import ChildSpec
 
@@ -133,14 +133,13 @@ def learn(
     out: Callable[[str], None] = print,
 ) -> int:
     """Train a config through the process network (or resume a run); returns the exit code."""
+    resumed: RunDir | None = None
     try:
         resumption = None
         if resume is not None:
-            run = resolve(resume)
-            if not run.config.exists():
-                raise ConfigError(f"{run.path}: not a run directory (no config.yaml)")
-            config, data = prepare(run.config, new_run=False)
-            resumption = find_resumption(run, config)
+            resumed = _resumable(resume)
+            config, data = prepare(resumed.config, new_run=False)
+            resumption = find_resumption(resumed, config)
         elif config_path is not None:
             config, data = prepare(config_path)
         else:
@@ -157,15 +156,40 @@ def learn(
         transport.TransportError,
         checkpoints.CheckpointError,
         placement.PlacementError,
+        RunInUse,
         OSError,
     ) as exc:
+        if resumed is not None:
+            resumed.release()
         print(f"exmachina: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
         return _learn(config, data, sockets, host, resumption, out)
     finally:
+        if resumed is not None:
+            resumed.release()
         if sockets is not None:
             shutil.rmtree(sockets, ignore_errors=True)
+
+
+def _resumable(resume: str | Path) -> RunDir:
+    """The run to resume, claimed for this process: neither one still running (its files are being
+    written) nor one that completed (a resume would only train it past its end)."""
+    run = resolve(resume)
+    if not run.config.exists():
+        raise ConfigError(f"{run.path}: not a run directory (no config.yaml)")
+    run.claim()
+    try:
+        summary = run.read_summary() or {}
+    except ValueError:  # a summary cut short: the run did not end well
+        summary = {}
+    if summary.get("status") == "completed":
+        run.release()
+        raise ConfigError(
+            f"{run.path}: completed after {summary.get('epochs')} epochs: nothing to resume "
+            f"(its model is {run.model})"
+        )
+    return run
 
 
 def _learn(
@@ -194,17 +218,51 @@ def _learn(
             file=sys.stderr,
         )
         return EXIT_BAD_INPUT
-    specs = topology.neurons(config, start, updates)
-    if resumption is None:
-        try:
-            initial_cut(run, specs)
-        except OSError as exc:
-            print(f"exmachina: {run.path}: cannot write the initial checkpoint: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-    # CURVE keys live only in memory: each child's own keypair travels in its start arguments (the
-    # forkserver's pipe), the public ones in the Site. A resumed run makes new ones: nothing to keep.
-    keys = curve.generate([s.id for s in specs] + [COORDINATOR]) if config.uses_curve else None
-    site = Site(
+    try:  # the run directory is this process's until it returns (RunDir.claim)
+        specs = topology.neurons(config, start, updates)
+        if resumption is None:
+            try:
+                initial_cut(run, specs)
+            except OSError as exc:
+                print(f"exmachina: {run.path}: cannot write the initial checkpoint: {exc}", file=sys.stderr)
+                return EXIT_FAILED
+        # CURVE keys live only in memory: each child's own keypair travels in its start arguments (the
+        # zygote's pipe), the public ones in the Site. A resumed run makes new ones: nothing to keep.
+        keys = curve.generate([s.id for s in specs] + [COORDINATOR]) if config.uses_curve else None
+        site = _site(config, sockets, host, coordinator, run, keys)
+        if rt.transport == "tcp" and not config.uses_curve:
+            print(
+                f"exmachina: WARNING: curve: off over tcp: links on {host} are in the clear, and any "
+                "process that reaches a port can forge frames or stop the run (docs/security.md)",
+                file=sys.stderr,
+            )
+        on_ray = config.placement.engine == "ray"
+        children = child_specs(config, site, [] if on_ray else specs, (train, holdout), position, keys)
+        (run.path / coordinator_module.ADDRESS_FILE).unlink(missing_ok=True)  # a resumed run's, stale
+        log = open_log("supervisor", run.log("supervisor"), rt.log_level, rt.log_max_bytes, rt.log_backups)
+        actors = placement.RayAgents(config, site, specs, run, log) if on_ray else None
+        sup = network_supervisor(children, rt, log, NEURON_PRELOAD, comeback="from its checkpoint")
+        verb = f"resuming at update {updates}" if resumption else "run directory"
+        hello = f"exmachina: {len(specs)} neurons + coordinator, {verb} {run.path}"
+        ending = supervise(sup, run, log, len(specs), lambda: out(hello), STOPPING, actors, keys)
+        summary = _summarize(config, run, ending, processes=len(specs) + 2)
+        out(_describe(summary, run))
+        return _exit_code(config, run, ending, actors, summary)
+    finally:
+        run.release()
+
+
+def _site(
+    config: Config,
+    sockets: Path | None,
+    host: str,
+    coordinator: str,
+    run: RunDir,
+    keys: dict[str, curve.Keypair] | None,
+) -> Site:
+    """Where every process of this run binds, reports and logs."""
+    rt = config.runtime
+    return Site(
         rt.transport,
         str(sockets) if sockets else host,
         coordinator,
@@ -216,24 +274,6 @@ def _learn(
         rt.checkpoint_every,
         curve.public_keys(keys) if keys else None,
     )
-    if rt.transport == "tcp" and not config.uses_curve:
-        print(
-            f"exmachina: WARNING: curve: off over tcp: links on {host} are in the clear, and any process "
-            "that reaches a port can forge frames or stop the run (docs/security.md)",
-            file=sys.stderr,
-        )
-    on_ray = config.placement.engine == "ray"
-    children = child_specs(config, site, [] if on_ray else specs, (train, holdout), position, keys)
-    (run.path / coordinator_module.ADDRESS_FILE).unlink(missing_ok=True)  # a resumed run's, stale
-    log = open_log("supervisor", run.log("supervisor"), rt.log_level, rt.log_max_bytes, rt.log_backups)
-    actors = placement.RayAgents(config, site, specs, run, log) if on_ray else None
-    sup = network_supervisor(children, rt, log, NEURON_PRELOAD, comeback="from its checkpoint")
-    verb = f"resuming at update {updates}" if resumption else "run directory"
-    hello = f"exmachina: {len(specs)} neurons + coordinator, {verb} {run.path}"
-    ending = supervise(sup, run, log, len(specs), lambda: out(hello), STOPPING, actors, keys)
-    summary = _summarize(config, run, ending, processes=len(specs) + 2)
-    out(_describe(summary, run))
-    return _exit_code(config, run, ending, actors, summary)
 
 
 def _starting_point(
@@ -243,7 +283,7 @@ def _starting_point(
     draw, or a resumed one from its checkpoint, with everything written after that checkpoint gone."""
     if resumption is None:
         initial = parameters_module.initial(config)  # drawn first: a fault here leaves no directory
-        return RunDir.create(config), initial, 0, None
+        return RunDir.create(config, claim=True), initial, 0, None
     run, start, updates, position = (
         resumption.run,
         resumption.parameters,

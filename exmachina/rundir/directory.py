@@ -11,6 +11,7 @@ runs/latest -> the newest run
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -41,9 +42,14 @@ class Site:
     public_keys: dict[str, bytes] | None = field(default=None, repr=False)
 
 
+class RunInUse(Exception):
+    """Another process runs this run directory."""
+
+
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._held: int | None = None  # the descriptor that holds the claim (see `claim`)
 
     config = property(lambda self: self.path / "config.yaml")
     metrics = property(lambda self: self.path / "metrics.jsonl")
@@ -58,30 +64,60 @@ class RunDir:
         return self.neurons / f"{process_id}.log"
 
     @classmethod
-    def create(cls, config: Config) -> RunDir:
-        """A fresh directory, complete before anyone sees it: built aside, then renamed into place."""
+    def create(cls, config: Config, claim: bool = False) -> RunDir:
+        """A fresh directory, complete before anyone sees it: built aside, then renamed into place;
+        with `claim`, claimed for this process before it has a name (see `claim`)."""
         root = Path(config.runtime.runs_dir)
         root.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         staging = root / f".{config.name}-{stamp}-{os.getpid()}.tmp"
         staging.mkdir()
-        (staging / "neurons").mkdir()
-        (staging / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        for n in range(1000):
-            final = root / (f"{config.name}-{stamp}" + (f"-{n}" if n else ""))
-            try:
-                staging.rename(final)  # fails if `final` exists and is not empty
-                break
-            except OSError:
-                continue
-        else:
-            raise FileExistsError(f"{root}: no free run name for {config.name}-{stamp}")
+        run = cls(staging)
+        if claim:  # the claim stays with the directory through the rename
+            run.claim()
+        try:
+            (staging / "neurons").mkdir()
+            (staging / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            for n in range(1000):
+                final = root / (f"{config.name}-{stamp}" + (f"-{n}" if n else ""))
+                try:
+                    staging.rename(final)  # fails if `final` exists and is not empty
+                    break
+                except OSError:
+                    continue
+            else:
+                raise FileExistsError(f"{root}: no free run name for {config.name}-{stamp}")
+        except BaseException:
+            run.release()
+            raise
+        run.path = final
         link = root / "latest"
         tmp_link = root / f".latest-{os.getpid()}"
         tmp_link.unlink(missing_ok=True)
         tmp_link.symlink_to(final.name)
         os.replace(tmp_link, link)
-        return cls(final)
+        return run
+
+    def claim(self) -> None:
+        """Hold this directory for as long as this process runs it, or raise RunInUse. Two processes
+        running one run would each rewrite what the other writes (a resume truncates the metrics and
+        drops newer checkpoints). The claim is a lock on the directory itself, so the kernel lets it
+        go when the process ends, however it ends, and no stale lock file can outlive a crash."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunInUse(
+                f"{self.path}: this run is still running (exmachina ps {self.path} lists its processes): "
+                "stop it first"
+            ) from None
+        self._held = fd
+
+    def release(self) -> None:
+        if self._held is not None:
+            os.close(self._held)
+            self._held = None
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """One whole line in one write on an O_APPEND descriptor: a full disk fails the write, it
