@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from typer.testing import CliRunner
 from exmachina.cli import app
 from exmachina.config import config_from_dict
 from exmachina.model.parameters import Parameters, initial
+from exmachina.rundir.directory import RunDir
 from exmachina.rundir.logs import close_log, open_log
 from exmachina.tools.logview import Source
 from tests.helpers import run_learn, start_learn, wait_for, write_config, xor_config
@@ -347,3 +349,44 @@ def test_a_follower_loses_no_line_to_a_rotation_that_happens_while_it_reads(tmp_
         close_log(log)
     numbers = [int(m.split()[1]) for m in seen]
     assert numbers == list(range(1, total + 1)), "a gap or a repeat across a rotation"
+
+
+def test_logs_of_more_processes_than_the_soft_file_limit_are_read_and_followed(tmp_path):
+    """A cursor holds its log open, one file per process: `logs` makes room up to the hard limit, and
+    says in one line when the hard limit itself is too low."""
+    hidden = 1500
+    config = config_from_dict(
+        xor_config(
+            network={"layers": [{"name": "input", "size": 2}, {"name": "hidden1", "size": hidden}]},
+            runtime={"log_level": "info", "runs_dir": str(tmp_path / "runs")},
+        )
+    )
+    run = RunDir.create(config)
+    ids = [f"input.{i}" for i in range(2)] + [f"hidden1.{i}" for i in range(hidden)]
+    for nid in ids:
+        log = open_log(nid, run.log(nid), "info", 0, 1)
+        log.info("start pid=1")
+        close_log(log)
+    run.write_summary({"status": "completed"})
+
+    def logs(soft: int, hard: int) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "exmachina", "logs", str(run.path), "--follow"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
+        )
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < hidden + 100:
+        pytest.skip(f"the hard limit on open files here is {hard}")
+    room = logs(1024, hard)
+    assert room.returncode == 0, room.stderr
+    assert sorted(line.split()[3] for line in room.stdout.splitlines()) == sorted(ids)
+    cramped = logs(1024, 1024)
+    assert cramped.returncode == 2
+    assert cramped.stdout == "" and cramped.stderr == (
+        f"exmachina: {len(ids) + 2} logs are more than the 1024 files this process may open "
+        "(ulimit -Hn): name fewer with --neuron or --layer\n"
+    )

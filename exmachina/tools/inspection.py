@@ -198,6 +198,11 @@ def show_logs(
     view = RunView.open(run)
     ids = view.select(neurons, layers)
     threshold = logview.RANKS[level.upper()] if level else 0
+    if (limit := logview.room_for(len(ids))) is not None:
+        raise InspectError(
+            f"{len(ids)} logs are more than the {limit} files this process may open (ulimit -Hn): "
+            "name fewer with --neuron or --layer"
+        )
     sources = [view.source(pid) for pid in ids]
 
     def emit(batch: Iterable[logview.Record]) -> None:

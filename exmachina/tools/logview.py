@@ -12,6 +12,7 @@ import heapq
 import json
 import os
 import re
+import resource
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -236,6 +237,19 @@ class Source:
             if fh is not None:  # rotated again since the listing: list again
                 fh.close()
         return False
+
+
+def room_for(logs: int) -> int | None:
+    """Raise this process's soft limit on open files so that `logs` logs can be read at once (each
+    one's cursor holds its file); None when it can, else the hard limit that stops it."""
+    needed = logs + 64  # and the interpreter's own
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return None
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        return hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    return None
 
 
 def merge(streams: Iterable[Iterable[Record]]) -> Iterator[Record]:
