@@ -74,6 +74,12 @@ class Served:
                 found[title.removeprefix("exmachina: neuron ")] = pid
         return found
 
+    def pid_of(self, title: str) -> int:
+        """The pid of this serve's own process titled `exmachina: <title>`."""
+        mine = {p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)}
+        wanted = f"exmachina: {title}"
+        return next(pid for pid, t in exmachina_processes().items() if pid in mine and t == wanted)
+
     def post(self, body: bytes | dict, path: str = "/predict") -> tuple[int, dict]:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         connection = http.client.HTTPConnection(*self.address, timeout=60)
@@ -299,12 +305,7 @@ def test_serving_goes_on_supervised_after_its_zygote_is_killed(xor_run):
     finds them as this run's, and one killed then is restarted and answers right."""
     run, model = xor_run
     with serving(run) as served:
-        mine = {p.pid for p in psutil.Process(served.proc.pid).children(recursive=True)}
-        zygote = next(
-            pid
-            for pid, title in exmachina_processes().items()
-            if pid in mine and title == "exmachina: supervisor [zygote]"
-        )
+        zygote = served.pid_of("supervisor [zygote]")
         victim = served.neuron_pids()["hidden1.1"]
         os.kill(zygote, signal.SIGKILL)
         wait_for(lambda: not psutil.pid_exists(zygote) or psutil.Process(zygote).status() == "zombie")
@@ -325,6 +326,16 @@ def test_serving_goes_on_supervised_after_its_zygote_is_killed(xor_run):
         np.testing.assert_allclose(answer["outputs"], model.predict([[1, 0], [1, 1]]), rtol=0, atol=1e-9)
         assert interrupt(served.proc) == 0
     assert "exmachina: stopping: answering the requests in flight ..." in served.lines
+
+
+def test_a_killed_coordinator_ends_serving_with_one_line_saying_so(xor_run):
+    run, _ = xor_run
+    with serving(run) as served:
+        os.kill(served.pid_of("coordinator"), signal.SIGKILL)
+        assert served.proc.wait(timeout=60) == 1
+    log = served.directory / "neurons" / "coordinator.log"
+    said = f"exmachina: the coordinator ended (killed by SIGKILL): serving stopped, see {log}"
+    wait_for(lambda: said in served.lines, timeout=10)  # the reader thread may be a line behind
 
 
 def test_a_stalled_network_fails_its_request_with_503_and_serves_on(tmp_path):

@@ -33,6 +33,7 @@ from exmachina.launch.running import (
     SUPERVISOR_TITLE,
     Ending,
     coordinator_address,
+    how,
     network_supervisor,
     set_title,
     supervise,
@@ -359,7 +360,7 @@ def _exit_code(
         return EXIT_FAILED
     if _crashed(ending):
         print(
-            f"exmachina: the coordinator died (exit code {ending.code}); resume with: exmachina learn "
+            f"exmachina: the coordinator died ({how(ending.code)}); resume with: exmachina learn "
             f"--resume {run.path}",
             file=sys.stderr,
         )

@@ -151,13 +151,14 @@ def _report(log: Log, event: Event, comeback: str) -> None:
     say("%s %s pid=%s exitcode=%s", event.kind, event.child or "", event.pid, event.exitcode)
     if event.kind == "restarting" and event.child != COORDINATOR:
         print(
-            f"exmachina: neuron {event.child} ended ({_how(event.exitcode)}): restarting it {comeback}",
+            f"exmachina: neuron {event.child} ended ({how(event.exitcode)}): restarting it {comeback}",
             file=sys.stderr,
             flush=True,
         )
 
 
-def _how(exitcode: int | None) -> str:
+def how(exitcode: int | None) -> str:
+    """How a process ended, in words: `killed by SIGKILL`, `exit code 1`."""
     if exitcode is not None and -exitcode in signal.valid_signals():
         return f"killed by {signal.Signals(-exitcode).name}"
     return f"exit code {exitcode}"

@@ -26,6 +26,7 @@ from exmachina.launch.running import (
     EXIT_OK,
     SUPERVISOR_TITLE,
     coordinator_address,
+    how,
     network_supervisor,
     set_title,
     supervise,
@@ -176,5 +177,9 @@ def _serve(
             file=sys.stderr,
         )
         return EXIT_FAILED
-    code = ending.code  # the coordinator's: 2 when it could not bind its port
+    code = ending.code
+    print(
+        f"exmachina: the coordinator ended ({how(code)}): serving stopped, see {served.log(COORDINATOR)}",
+        file=sys.stderr,
+    )
     return code if code is not None and code > 0 else EXIT_FAILED
